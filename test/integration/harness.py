@@ -1,0 +1,519 @@
+"""Shared harness of Ballast's integration tests.
+
+Every test_*.py in this folder imports this module.  It starts servers (Ballast
+or etcd 3.4.23, with etcd's command line), runs etcdctl, talks gRPC through the
+stubs that Debian's python3-etcd3 ships, reads Ballast's /metrics, and cleans up:
+every process a test starts is stopped by its PID and every temporary directory
+is removed, on success, on failure and on SIGTERM/SIGINT.
+
+The server under test (the "candidate") is Ballast (env BALLAST_BIN) unless
+BALLAST_TEST_SERVER=etcd, which swaps in /usr/bin/etcd with the same flags.  That
+mode exists to prove a test against the reference before Ballast can pass it.
+
+Usage in a test:
+
+    import harness
+    from harness import check
+
+    def main():
+        with harness.Server() as srv:          # the candidate
+            srv.kv().Put(harness.rpc_pb2.PutRequest(key=b"a", value=b"1"))
+            check(..., "what went wrong")
+
+    harness.run(main)
+
+A server must be started and stopped from the same thread (the main thread or
+one worker): it is started under PR_SET_PDEATHSIG so that it dies with the
+thread that started it if the test itself is killed (ctest timeout).
+"""
+
+import atexit
+import difflib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import urllib.request
+
+import grpc
+from etcd3.etcdrpc import kv_pb2, rpc_pb2, rpc_pb2_grpc  # noqa: F401 (re-exported)
+
+ETCD_BIN = "/usr/bin/etcd"
+ETCDCTL_BIN = "/usr/bin/etcdctl"
+PYTHON = "/usr/bin/python3"
+SETPRIV = "/usr/bin/setpriv"
+READY_TIMEOUT = 10.0
+STOP_TIMEOUT = 10.0
+
+SOURCE_DIR = os.environ.get(
+    "BALLAST_SOURCE_DIR",
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+BUILD_DIR = os.environ.get("BALLAST_BUILD_DIR", os.path.join(SOURCE_DIR, "build"))
+
+
+class TestFailure(Exception):
+    """A check failed: the message says what was expected and what happened."""
+
+
+class TestSkipped(Exception):
+    """The test does not apply to this candidate (only ever for etcd)."""
+
+
+def check(condition, message):
+    if not condition:
+        raise TestFailure(message)
+
+
+def log(message):
+    print("[%s] %s" % (time.strftime("%H:%M:%S"), message), flush=True)
+
+
+class Failures:
+    """Collects several independent mismatches and fails once at the end."""
+
+    def __init__(self):
+        self.items = []
+
+    def add(self, message):
+        self.items.append(message)
+        print("MISMATCH: " + message, flush=True)
+
+    def check(self, condition, message):
+        if not condition:
+            self.add(message)
+        return condition
+
+    def raise_if_any(self):
+        if self.items:
+            raise TestFailure("%d mismatch(es):\n%s" % (
+                len(self.items), "\n".join("  - " + m.splitlines()[0] for m in self.items)))
+
+
+def text_diff(expected, actual, expected_name="etcd", actual_name="candidate"):
+    return "".join(difflib.unified_diff(
+        expected.splitlines(True), actual.splitlines(True),
+        fromfile=expected_name, tofile=actual_name))
+
+
+# --------------------------------------------------------------------------
+# Clean-up of everything a test creates
+# --------------------------------------------------------------------------
+
+_lock = threading.Lock()
+_processes = []          # subprocess.Popen objects this test started
+_temp_dirs = []
+_keep_dirs = False
+
+
+def register_process(proc):
+    with _lock:
+        _processes.append(proc)
+    return proc
+
+
+def stop_process(proc, timeout=STOP_TIMEOUT, sig=signal.SIGTERM):
+    """Stops one process that this test started, by its PID; returns its exit
+    status.  SIGKILL follows if it has not exited within `timeout`."""
+    if proc.poll() is None:
+        try:
+            os.kill(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout)
+    return proc.returncode
+
+
+def make_temp_dir(prefix="ballast-it-"):
+    path = tempfile.mkdtemp(prefix=prefix)
+    with _lock:
+        _temp_dirs.append(path)
+    return path
+
+
+def keep_temp_dirs():
+    """Keeps temporary directories after the test (a failure to look into)."""
+    global _keep_dirs
+    _keep_dirs = True
+
+
+def cleanup():
+    with _lock:
+        procs, dirs = list(_processes), list(_temp_dirs)
+        _processes.clear()
+        _temp_dirs.clear()
+    for proc in procs:
+        try:
+            stop_process(proc, timeout=5)
+        except Exception as exc:  # keep cleaning the rest
+            print("cleanup: could not stop pid %d: %s" % (proc.pid, exc), file=sys.stderr)
+    for path in dirs:
+        if _keep_dirs:
+            print("kept %s" % path)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+atexit.register(cleanup)
+
+
+def _exit_on_signal(signum, _frame):
+    raise SystemExit(128 + signum)
+
+
+def run(main):
+    """Runs a test's main(): exit 0 on pass or skip, 1 on failure."""
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGINT, _exit_on_signal)
+    name = os.path.basename(sys.argv[0])
+    started = time.monotonic()
+    code = 1
+    try:
+        main()
+        print("PASS %s (%.1fs)" % (name, time.monotonic() - started))
+        code = 0
+    except TestSkipped as exc:
+        print("SKIP %s: %s" % (name, exc))
+        code = 0
+    except TestFailure as exc:
+        print("FAIL %s: %s" % (name, exc))
+    except Exception:
+        traceback.print_exc()
+        print("FAIL %s: unexpected exception (above)" % name)
+    finally:
+        sys.stdout.flush()
+        cleanup()
+    sys.exit(code)
+
+
+# --------------------------------------------------------------------------
+# Ports, binaries
+# --------------------------------------------------------------------------
+
+_ports_given = set()
+
+
+def free_port():
+    """A port that was free on 127.0.0.1 a moment ago (never the same twice)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with _lock:
+            if port not in _ports_given:
+                _ports_given.add(port)
+                return port
+    raise TestFailure("could not find a free port")
+
+
+def port_in_use(port):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def candidate_kind():
+    kind = os.environ.get("BALLAST_TEST_SERVER", "ballast")
+    if kind not in ("ballast", "etcd"):
+        raise TestFailure("BALLAST_TEST_SERVER must be 'ballast' or 'etcd', not %r" % kind)
+    return kind
+
+
+def ballast_binary():
+    path = os.environ.get("BALLAST_BIN") or os.path.join(BUILD_DIR, "ballast")
+    if not os.access(path, os.X_OK):
+        raise TestFailure("ballast binary not found or not executable: %s "
+                          "(build it, or set BALLAST_BIN)" % path)
+    return path
+
+
+def binary_for(kind):
+    return ballast_binary() if kind == "ballast" else ETCD_BIN
+
+
+def skip_unless_ballast(reason):
+    """Skips the test when the candidate is etcd; never skips for Ballast."""
+    if candidate_kind() != "ballast":
+        raise TestSkipped("candidate is %s: %s" % (candidate_kind(), reason))
+
+
+def _with_pdeathsig(cmd):
+    # setpriv execs the command: the PID we get is the server's own PID
+    if os.access(SETPRIV, os.X_OK):
+        return [SETPRIV, "--pdeathsig", "KILL", "--"] + list(cmd)
+    return list(cmd)
+
+
+def spawn(cmd, log_path, cwd=None, env=None):
+    """Starts a process with stdout+stderr going to log_path, registered for
+    clean-up."""
+    with open(log_path, "ab") as logf:
+        proc = subprocess.Popen(_with_pdeathsig(cmd), stdin=subprocess.DEVNULL,
+                                stdout=logf, stderr=subprocess.STDOUT, cwd=cwd, env=env)
+    return register_process(proc)
+
+
+def run_command(cmd, timeout=30, stdin=None, env=None, cwd=None):
+    """Runs a short command to completion; returns CompletedProcess (text)."""
+    try:
+        return subprocess.run(cmd, input=stdin, capture_output=True, text=True,
+                              timeout=timeout, env=env, cwd=cwd)
+    except subprocess.TimeoutExpired:
+        raise TestFailure("command did not finish within %ss: %s" % (timeout, " ".join(cmd)))
+
+
+def etcdctl(endpoint, *args, stdin=None, timeout=30):
+    """Runs `ETCDCTL_API=3 etcdctl --endpoints ENDPOINT ARGS...`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL")}
+    env["ETCDCTL_API"] = "3"
+    return run_command([ETCDCTL_BIN, "--endpoints", endpoint] + list(args),
+                       timeout=timeout, stdin=stdin, env=env)
+
+
+# --------------------------------------------------------------------------
+# Servers
+# --------------------------------------------------------------------------
+
+class Server:
+    """One single-member server (Ballast or etcd) on free loopback ports.
+
+    kind: "ballast", "etcd", or None for the candidate.  data_dir: reuse a
+    directory (e.g. to restart), else a new empty one.  extra_args: more flags
+    (e.g. ["--batch-policy", "off"])."""
+
+    def __init__(self, kind=None, data_dir=None, extra_args=(), name="default"):
+        self.kind = kind or candidate_kind()
+        self.binary = binary_for(self.kind)
+        self.name = name
+        self.work_dir = make_temp_dir("ballast-it-%s-" % self.kind)
+        if data_dir is None:
+            data_dir = os.path.join(self.work_dir, "data")
+            os.mkdir(data_dir, 0o700)
+        self.data_dir = data_dir
+        self.extra_args = list(extra_args)
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        self.metrics_port = free_port()
+        self.log_path = os.path.join(self.work_dir, "server.log")
+        self.proc = None
+        self.starts = 0
+        self._channel = None
+
+    # addresses
+    @property
+    def endpoint(self):
+        return "127.0.0.1:%d" % self.client_port
+
+    @property
+    def client_url(self):
+        return "http://127.0.0.1:%d" % self.client_port
+
+    @property
+    def peer_url(self):
+        return "http://127.0.0.1:%d" % self.peer_port
+
+    @property
+    def metrics_url(self):
+        return "http://127.0.0.1:%d" % self.metrics_port
+
+    def command(self):
+        return [self.binary, "--name", self.name, "--data-dir", self.data_dir,
+                "--listen-client-urls", self.client_url,
+                "--advertise-client-urls", self.client_url,
+                "--listen-peer-urls", self.peer_url,
+                "--initial-advertise-peer-urls", self.peer_url,
+                "--initial-cluster", "%s=%s" % (self.name, self.peer_url),
+                "--listen-metrics-urls", self.metrics_url] + self.extra_args
+
+    # life cycle
+    def start(self, wait=True):
+        check(self.proc is None or self.proc.poll() is not None,
+              "%s already running" % self)
+        self.starts += 1
+        with open(self.log_path, "ab") as logf:
+            logf.write(b"\n===== start %d: %s\n" % (self.starts, " ".join(self.command()).encode()))
+        self.proc = spawn(self.command(), self.log_path)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout=READY_TIMEOUT):
+        """Waits until a gRPC Range of key "health" succeeds."""
+        deadline = time.monotonic() + timeout
+        last = "no attempt"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise TestFailure("%s exited with status %s while starting; end of its log:\n%s"
+                                  % (self, self.proc.returncode, self.log_tail()))
+            if not port_in_use(self.client_port):
+                last = "client port not listening"
+                time.sleep(0.05)
+                continue
+            try:
+                self.kv().Range(rpc_pb2.RangeRequest(key=b"health"), timeout=1.0)
+                if self.proc.poll() is None:
+                    return
+            except grpc.RpcError as exc:
+                last = "%s: %s" % (exc.code(), exc.details())
+                time.sleep(0.1)
+        raise TestFailure("%s not ready within %.0fs (last: %s); end of its log:\n%s"
+                          % (self, timeout, last, self.log_tail()))
+
+    def stop(self, timeout=STOP_TIMEOUT):
+        """Graceful stop (SIGTERM, then SIGKILL after `timeout`)."""
+        self._close_channel()
+        if self.proc is not None:
+            return stop_process(self.proc, timeout)
+        return None
+
+    def kill9(self):
+        self._close_channel()
+        check(self.proc is not None and self.proc.poll() is None,
+              "%s is not running (exit status %s) when it should be killed; log:\n%s"
+              % (self, self.proc and self.proc.returncode, self.log_tail()))
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(STOP_TIMEOUT)
+
+    def restart(self):
+        self.stop()
+        return self.start()
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def __enter__(self):
+        if self.proc is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def __str__(self):
+        return "%s (%s, pid %s)" % (self.kind, self.endpoint, self.proc and self.proc.pid)
+
+    def log_tail(self, max_bytes=4000):
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - max_bytes))
+                return f.read().decode("utf-8", "replace")
+        except OSError as exc:
+            return "(no log: %s)" % exc
+
+    # gRPC
+    def channel(self):
+        if self._channel is None:
+            self._channel = grpc.insecure_channel(self.endpoint)
+        return self._channel
+
+    def new_channel(self):
+        """A channel of its own (the caller closes it)."""
+        return grpc.insecure_channel(self.endpoint)
+
+    def _close_channel(self):
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def kv(self):
+        return rpc_pb2_grpc.KVStub(self.channel())
+
+    def maintenance(self):
+        return rpc_pb2_grpc.MaintenanceStub(self.channel())
+
+    def cluster(self):
+        return rpc_pb2_grpc.ClusterStub(self.channel())
+
+    def raft_index(self):
+        return self.maintenance().Status(rpc_pb2.StatusRequest(), timeout=10).raftIndex
+
+    def etcdctl(self, *args, stdin=None, timeout=30):
+        return etcdctl(self.endpoint, *args, stdin=stdin, timeout=timeout)
+
+    # HTTP
+    def http_get(self, path, timeout=5):
+        with urllib.request.urlopen(self.metrics_url + path, timeout=timeout) as resp:
+            return resp.status, resp.read().decode("utf-8", "replace")
+
+    def metrics(self):
+        status, body = self.http_get("/metrics")
+        check(status == 200, "GET /metrics on %s answered %s" % (self, status))
+        return Metrics(body)
+
+
+class Metrics:
+    """Prometheus text format, parsed: get(name, label=value...)."""
+
+    def __init__(self, text):
+        self.text = text
+        self.samples = []          # (name, {label: value}, float)
+        for line in text.splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if "{" in line:
+                name, _, rest = line.partition("{")
+                label_text, _, tail = rest.rpartition("}")
+                labels = dict(_parse_label(p) for p in _split_labels(label_text))
+            else:
+                name, _, tail = line.partition(" ")
+                labels = {}
+            fields = tail.split()      # value [timestamp]
+            try:
+                self.samples.append((name.strip(), labels, float(fields[0])))
+            except (IndexError, ValueError):
+                continue
+
+    def get(self, name, **labels):
+        """The sample's value, or None if the server does not export it."""
+        for sample_name, sample_labels, value in self.samples:
+            if sample_name == name and all(sample_labels.get(k) == v
+                                           for k, v in labels.items()):
+                return value
+        return None
+
+    def require(self, name, **labels):
+        value = self.get(name, **labels)
+        check(value is not None, "metric %s%s not found on /metrics" % (
+            name, "{%s}" % ",".join('%s="%s"' % kv for kv in labels.items()) if labels else ""))
+        return value
+
+
+def _split_labels(text):
+    parts, current, quoted = [], "", False
+    for ch in text:
+        if ch == '"' and not current.endswith("\\"):
+            quoted = not quoted
+        if ch == "," and not quoted:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    if current:
+        parts.append(current)
+    return parts
+
+
+def _parse_label(text):
+    key, _, value = text.partition("=")
+    return key.strip(), value.strip().strip('"')
+
+
+def artifacts_dir(name):
+    """A directory that survives the test (repro files, logs of failures)."""
+    path = os.path.join(BUILD_DIR, "integration-artifacts", name)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        path = tempfile.mkdtemp(prefix="ballast-%s-" % name)
+    return path
