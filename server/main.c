@@ -1,1 +1,206 @@
-int main(void) { return 0; }
+/* ballast — an etcd v3 server: flags, start-up, serving, orderly stop. */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ballast.h"
+#include "config.h"
+#include "member.h"
+#include "metrics_http.h"
+
+#define MAX_METHODS 64
+
+static void log_info(const ballast_config *cfg, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void log_info(const ballast_config *cfg, const char *fmt, ...)
+{
+    if (strcmp(cfg->log_level, "debug") != 0 && strcmp(cfg->log_level, "info") != 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "ballast info: ");
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+static void die(const char *what, char *errmsg)
+{
+    fprintf(stderr, "ballast error: %s: %s\n", what, errmsg ? errmsg : "unknown error");
+    free(errmsg);
+    exit(1);
+}
+
+/* c-raft's TCP transport takes IPv4 dotted quads. */
+static const char *raft_host(const char *host)
+{
+    return strcmp(host, "localhost") == 0 ? "127.0.0.1" : host;
+}
+
+static void host_port(const config_url *u, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s:%d", raft_host(u->host), u->port);
+}
+
+static void sleep_ms(unsigned ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+int main(int argc, char **argv, char **envp)
+{
+    signal(SIGPIPE, SIG_IGN);
+    ballast_config cfg;
+    config_status cs = config_parse(&cfg, argc, argv, envp, stdout, stderr);
+    if (cs == CONFIG_EXIT_OK) {
+        config_free(&cfg);
+        return 0;
+    }
+    if (cs == CONFIG_EXIT_USAGE)
+        return 2;
+
+    /* Signals are taken by sigwait in this thread only. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+
+    member_identity id;
+    char *err = NULL;
+    if (member_open_data_dir(&cfg, &id, &err) != 0)
+        die("cannot use the data directory", err);
+
+    ballast_server b = {0};
+    b.cfg = &cfg;
+    b.member_id = id.member_id;
+    b.cluster_id = id.cluster_id;
+    b.limits.max_txn_ops = cfg.max_txn_ops;
+    b.limits.max_request_bytes = cfg.max_request_bytes;
+    if (mvcc_open(id.kv_dir, &b.store, &err) != 0)
+        die("cannot open the key-value store", err);
+
+    raft_node_peer *peers = calloc(cfg.n_initial_cluster ? cfg.n_initial_cluster : 1, sizeof *peers);
+    char (*peer_addr)[300] = calloc(cfg.n_initial_cluster ? cfg.n_initial_cluster : 1, sizeof *peer_addr);
+    for (size_t i = 0; i < cfg.n_initial_cluster; i++) {
+        host_port(&cfg.initial_cluster[i].url, peer_addr[i], sizeof peer_addr[i]);
+        peers[i].id = member_id_for_url(cfg.initial_cluster[i].url.text, cfg.initial_cluster_token);
+        peers[i].address = peer_addr[i];
+    }
+    char self_addr[300], bind_addr[300];
+    if (cfg.initial_advertise_peer_urls.n == 0 || cfg.listen_peer_urls.n == 0)
+        die("bad configuration", strdup("no peer URL to listen on or advertise"));
+    host_port(&cfg.initial_advertise_peer_urls.items[0], self_addr, sizeof self_addr);
+    host_port(&cfg.listen_peer_urls.items[0], bind_addr, sizeof bind_addr);
+    for (size_t i = 0; i < cfg.n_initial_cluster; i++)
+        if (peers[i].id == b.member_id)
+            snprintf(self_addr, sizeof self_addr, "%s", peer_addr[i]);
+
+    raft_node_config rc = {
+        .dir = id.raft_dir,
+        .id = b.member_id,
+        .address = self_addr,
+        .bind_address = bind_addr,
+        .initial_members = peers,
+        .n_initial_members = cfg.n_initial_cluster,
+        .join_existing = cfg.initial_cluster_state_existing,
+        .heartbeat_ms = cfg.heartbeat_interval_ms,
+        .election_ms = cfg.election_timeout_ms,
+        .snapshot_count = cfg.snapshot_count,
+        .store = b.store,
+        .cluster_id = b.cluster_id,
+        .batch =
+            {
+                .policy = cfg.batch_policy == BATCH_POLICY_TIERS ? BATCH_TIERS
+                          : cfg.batch_policy == BATCH_POLICY_OFF ? BATCH_OFF
+                                                                 : BATCH_ADAPTIVE,
+                .max_ops = cfg.batch_max_ops,
+                .max_wait_us = cfg.batch_max_wait_us,
+                .max_in_flight = 4,
+                .max_entry_bytes = cfg.max_request_bytes * 4,
+            },
+        .op_done = kv_service_op_done,
+        .read_done = kv_service_read_done,
+        .cb_arg = &b,
+    };
+    if (raft_node_start(&rc, &b.node, &err) != 0)
+        die("cannot start raft", err);
+
+    /* Serve once a leader is known (at once for a single member), or after a
+     * few election timeouts anyway: requests then get etcd's errors. */
+    for (unsigned waited = 0; waited < cfg.election_timeout_ms * 5; waited += 10) {
+        raft_node_status st;
+        raft_node_get_status(b.node, &st);
+        if (st.leader_id != 0 && (!st.is_leader || raft_node_read_ready(b.node) ||
+                                  st.applied_index >= st.commit_index))
+            break;
+        sleep_ms(10);
+    }
+
+    rpc_method methods[MAX_METHODS];
+    size_t n_methods = 0;
+    n_methods += kv_service_methods(&b, methods + n_methods);
+    n_methods += maintenance_service_methods(&b, methods + n_methods);
+    n_methods += cluster_service_methods(&b, methods + n_methods);
+
+    const char **listen = calloc(cfg.listen_client_urls.n ? cfg.listen_client_urls.n : 1, sizeof *listen);
+    char (*listen_addr)[300] = calloc(cfg.listen_client_urls.n ? cfg.listen_client_urls.n : 1, sizeof *listen_addr);
+    for (size_t i = 0; i < cfg.listen_client_urls.n; i++) {
+        const config_url *u = &cfg.listen_client_urls.items[i];
+        snprintf(listen_addr[i], sizeof listen_addr[i], strchr(u->host, ':') ? "[%s]:%d" : "%s:%d",
+                 u->host, u->port);
+        listen[i] = listen_addr[i];
+    }
+    grpc_init();
+    rpc_options ro = {
+        .listen = listen,
+        .n_listen = cfg.listen_client_urls.n,
+        .threads = 0,
+        /* etcd lets gRPC receive up to --max-request-bytes plus 512 KiB and
+         * answers "request is too large" itself in between. */
+        .max_receive_bytes = cfg.max_request_bytes + 512 * 1024,
+    };
+    rpc_server *rpc = rpc_server_create(&ro, methods, n_methods, &err);
+    if (!rpc)
+        die("cannot serve clients", err);
+    rpc_server_start(rpc);
+
+    metrics_http *metrics = NULL;
+    if (cfg.listen_metrics_urls.n) {
+        const config_url *u = &cfg.listen_metrics_urls.items[0];
+        metrics = metrics_http_start(&b, u->host, u->port, &err);
+        if (!metrics)
+            die("cannot serve metrics", err);
+    }
+    log_info(&cfg, "member %016llx of cluster %016llx ready to serve client requests on %s",
+             (unsigned long long)b.member_id, (unsigned long long)b.cluster_id,
+             cfg.listen_client_urls.n ? cfg.listen_client_urls.items[0].text : "(none)");
+
+    int sig = 0;
+    while (sigwait(&sigs, &sig) != 0)
+        ;
+    log_info(&cfg, "received %s, stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
+
+    metrics_http_stop(metrics);
+    rpc_server_begin_shutdown(rpc);
+    raft_node_stop(b.node); /* answers every call still waiting for raft */
+    rpc_server_finish_shutdown(rpc);
+    rpc_server_destroy(rpc);
+    grpc_shutdown();
+    mvcc_close(b.store);
+    free(listen);
+    free(listen_addr);
+    free(peers);
+    free(peer_addr);
+    member_identity_free(&id);
+    config_free(&cfg);
+    return 0;
+}

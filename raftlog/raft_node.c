@@ -1,0 +1,660 @@
+#include "raft_node.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include <raft.h>
+#include <raft/uv.h>
+#include <uv.h>
+
+#define TICK_MS 50
+#define SNAPSHOT_MAGIC 0x31504e5354534c42ull /* "BLSTSNP1" */
+
+static const char ERR_NO_LEADER[] = "etcdserver: no leader";
+static const char ERR_LEADER_CHANGED[] = "etcdserver: leader changed";
+static const char ERR_STOPPED[] = "etcdserver: server stopped";
+static const char ERR_NOSPACE_INTERNAL[] = "etcdserver: request cancelled";
+
+/* A proposed entry waiting for its apply callback. */
+typedef struct proposal {
+    struct raft_apply req;
+    raft_node *node;
+    void **ctxs;
+    size_t n_ops;
+} proposal;
+
+/* What the FSM's apply hands to the apply callback of the same entry. */
+typedef struct apply_results {
+    mvcc_result *results;
+    size_t n;
+} apply_results;
+
+typedef struct ctx_list {
+    void **items;
+    size_t len, cap;
+} ctx_list;
+
+struct raft_node {
+    raft_node_config cfg;
+    char *dir;
+    char *address;
+
+    uv_loop_t loop;
+    uv_async_t wake;
+    uv_check_t check;
+    uv_timer_t tick;
+    uv_poll_t batch_poll;
+    int batch_timerfd;
+    uint64_t batch_deadline_us;
+    struct raft_uv_transport transport;
+    struct raft_io io;
+    struct raft_fsm fsm;
+    struct raft raft;
+    pthread_t thread;
+    int thread_started;
+
+    batch_proposer *bp;
+    unsigned in_flight;
+
+    /* Apply scratch, reused for every entry. */
+    entry_arena arena;
+    mvcc_buf out;
+    mvcc_result *results;
+    size_t results_cap;
+    apply_results cur;
+
+    /* Reads handed over by other threads (guarded by mu). */
+    pthread_mutex_t mu;
+    ctx_list read_queue;
+    int stopping;
+    int closing; /* raft thread: raft_close called */
+
+    /* Raft-thread read state. */
+    ctx_list read_pending;  /* waiting for the next barrier */
+    ctx_list read_barrier;  /* waiting for the barrier in flight */
+    struct raft_barrier barrier;
+    int barrier_in_flight;
+    uint64_t barrier_term;
+    uint64_t ready_term;    /* a barrier of this term has been applied */
+
+    /* Published status (atomics). */
+    uint64_t st_term, st_leader, st_commit, st_applied, st_last;
+    int st_is_leader;
+    int st_fast_reads; /* sole voter, leader and ready: reads need no barrier */
+};
+
+static void logf_(const char *level, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "ballast %s raft: ", level);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+static int ctx_list_push(ctx_list *l, void *ctx)
+{
+    if (l->len == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 64;
+        void **items = realloc(l->items, cap * sizeof *items);
+        if (!items)
+            return -1;
+        l->items = items;
+        l->cap = cap;
+    }
+    l->items[l->len++] = ctx;
+    return 0;
+}
+
+static void ctx_list_append(ctx_list *dst, ctx_list *src)
+{
+    for (size_t i = 0; i < src->len; i++)
+        if (ctx_list_push(dst, src->items[i]) != 0)
+            abort(); /* cannot lose a waiting read */
+    src->len = 0;
+}
+
+static void publish(uint64_t *p, uint64_t v)
+{
+    __atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
+
+static uint64_t load(const uint64_t *p)
+{
+    return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+
+/* ---- failing waiters ---- */
+
+static void fail_op(raft_node *n, void *ctx, const char *message)
+{
+    mvcc_result res = {MVCC_STATUS_UNAVAILABLE, message, 0, 0};
+    n->cfg.op_done(ctx, &res, NULL, n->cfg.cb_arg);
+}
+
+static void fail_drained_op(void *ctx, void *arg)
+{
+    raft_node *n = arg;
+    fail_op(n, ctx, n->stopping ? ERR_STOPPED : ERR_NO_LEADER);
+}
+
+static void fail_reads(raft_node *n, ctx_list *l, const char *message)
+{
+    for (size_t i = 0; i < l->len; i++)
+        n->cfg.read_done(l->items[i], MVCC_STATUS_UNAVAILABLE, message, n->cfg.cb_arg);
+    l->len = 0;
+}
+
+/* ---- FSM ---- */
+
+static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void **result)
+{
+    raft_node *n = fsm->data;
+    uint64_t index = raft_last_applied(&n->raft) + 1;
+    entry_decoded d;
+    entry_arena_reset(&n->arena);
+    if (entry_decode(buf->base, buf->len, &n->arena, &d) != 0) {
+        /* Never skip an entry: the state would silently diverge. */
+        logf_("FATAL", "raft entry %llu (%zu bytes) cannot be decoded; stopping apply",
+              (unsigned long long)index, buf->len);
+        fflush(stderr);
+        _exit(1);
+    }
+    if (d.n_ops > n->results_cap) {
+        mvcc_result *r = realloc(n->results, d.n_ops * sizeof *r);
+        if (!r)
+            return RAFT_NOMEM;
+        n->results = r;
+        n->results_cap = d.n_ops;
+    }
+    mvcc_header h = {n->cfg.cluster_id, n->cfg.id, n->raft.current_term};
+    n->out.len = 0;
+    if (mvcc_apply(n->cfg.store, index, &h, d.ops, d.n_ops, &n->out, n->results) != 0) {
+        logf_("FATAL", "the store failed to apply raft entry %llu; stopping",
+              (unsigned long long)index);
+        fflush(stderr);
+        _exit(1);
+    }
+    n->cur.results = n->results;
+    n->cur.n = d.n_ops;
+    *result = &n->cur;
+    return 0;
+}
+
+static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsigned *n_bufs)
+{
+    raft_node *n = fsm->data;
+    /* The store is the snapshot: make it durable up to the applied index, so
+     * the log before it may be dropped. */
+    if (mvcc_sync(n->cfg.store) != 0)
+        return RAFT_IOERR;
+    struct raft_buffer *b = raft_malloc(sizeof *b);
+    uint64_t *data = raft_malloc(16);
+    if (!b || !data) {
+        raft_free(b);
+        raft_free(data);
+        return RAFT_NOMEM;
+    }
+    data[0] = SNAPSHOT_MAGIC;
+    data[1] = mvcc_applied_index(n->cfg.store);
+    b->base = data;
+    b->len = 16;
+    *bufs = b;
+    *n_bufs = 1;
+    return 0;
+}
+
+static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
+{
+    raft_node *n = fsm->data;
+    if (buf->len != 16 || ((uint64_t *)buf->base)[0] != SNAPSHOT_MAGIC) {
+        logf_("error", "raft snapshot is not a Ballast snapshot");
+        return RAFT_MALFORMED;
+    }
+    uint64_t index = ((uint64_t *)buf->base)[1];
+    uint64_t applied = mvcc_applied_index(n->cfg.store);
+    if (applied < index) {
+        /* Installing another member's state is not supported yet: a snapshot
+         * only records how far the local store had got. */
+        logf_("error", "store has applied up to %llu but the raft snapshot is at %llu",
+              (unsigned long long)applied, (unsigned long long)index);
+        return RAFT_CORRUPT;
+    }
+    raft_free(buf->base);
+    return 0;
+}
+
+/* ---- proposals ---- */
+
+static void apply_cb(struct raft_apply *req, int status, void *result)
+{
+    proposal *p = req->data;
+    raft_node *n = p->node;
+    n->in_flight--;
+    if (status == 0 && result) {
+        apply_results *r = result;
+        for (size_t i = 0; i < p->n_ops; i++)
+            n->cfg.op_done(p->ctxs[i], &r->results[i], n->out.data, n->cfg.cb_arg);
+    } else {
+        const char *msg = status == RAFT_SHUTDOWN ? ERR_STOPPED
+                          : status == RAFT_NOSPACE ? ERR_NOSPACE_INTERNAL
+                                                   : ERR_LEADER_CHANGED;
+        for (size_t i = 0; i < p->n_ops; i++)
+            fail_op(n, p->ctxs[i], msg);
+    }
+    free(p->ctxs);
+    free(p);
+}
+
+static void propose(raft_node *n, batch_entry *e)
+{
+    proposal *p = malloc(sizeof *p);
+    if (!p) {
+        raft_free(e->buf);
+        for (size_t i = 0; i < e->n_ops; i++)
+            fail_op(n, e->ctxs[i], ERR_NOSPACE_INTERNAL);
+        free(e->ctxs);
+        return;
+    }
+    p->req.data = p;
+    p->node = n;
+    p->ctxs = e->ctxs;
+    p->n_ops = e->n_ops;
+    struct raft_buffer buf = {e->buf, e->len};
+    int rv = raft_apply(&n->raft, &p->req, &buf, 1, apply_cb);
+    if (rv != 0) {
+        raft_free(e->buf);
+        const char *msg = rv == RAFT_NOTLEADER ? ERR_NO_LEADER : ERR_LEADER_CHANGED;
+        for (size_t i = 0; i < p->n_ops; i++)
+            fail_op(n, p->ctxs[i], msg);
+        free(p->ctxs);
+        free(p);
+        return;
+    }
+    n->in_flight++;
+}
+
+static void arm_batch_timer(raft_node *n, uint64_t deadline_us)
+{
+    if (deadline_us == n->batch_deadline_us)
+        return;
+    n->batch_deadline_us = deadline_us;
+    struct itimerspec its = {{0, 0}, {0, 0}};
+    if (deadline_us) {
+        its.it_value.tv_sec = (time_t)(deadline_us / 1000000u);
+        its.it_value.tv_nsec = (long)(deadline_us % 1000000u) * 1000;
+    }
+    timerfd_settime(n->batch_timerfd, TFD_TIMER_ABSTIME, &its, NULL);
+}
+
+static void pump_batches(raft_node *n)
+{
+    if (n->raft.state != RAFT_LEADER)
+        return;
+    for (;;) {
+        batch_entry e;
+        uint64_t deadline;
+        int rv = batch_proposer_next(n->bp, batch_now_us(), n->in_flight, raft_malloc, &e, &deadline);
+        if (rv == 1) {
+            propose(n, &e);
+            continue;
+        }
+        arm_batch_timer(n, rv == 0 ? deadline : batch_now_us() + 1000);
+        return;
+    }
+}
+
+/* ---- reads ---- */
+
+static void barrier_cb(struct raft_barrier *req, int status)
+{
+    raft_node *n = req->data;
+    n->barrier_in_flight = 0;
+    if (status == 0) {
+        if (n->barrier_term > n->ready_term)
+            n->ready_term = n->barrier_term;
+        for (size_t i = 0; i < n->read_barrier.len; i++)
+            n->cfg.read_done(n->read_barrier.items[i], 0, NULL, n->cfg.cb_arg);
+        n->read_barrier.len = 0;
+    } else {
+        fail_reads(n, &n->read_barrier, status == RAFT_SHUTDOWN ? ERR_STOPPED : ERR_LEADER_CHANGED);
+    }
+}
+
+static void pump_reads(raft_node *n)
+{
+    if (n->barrier_in_flight || n->raft.state != RAFT_LEADER)
+        return;
+    if (n->read_pending.len == 0 && n->ready_term == n->raft.current_term)
+        return;
+    ctx_list_append(&n->read_barrier, &n->read_pending);
+    n->barrier.data = n;
+    n->barrier_term = n->raft.current_term;
+    int rv = raft_barrier(&n->raft, &n->barrier, barrier_cb);
+    if (rv != 0) {
+        fail_reads(n, &n->read_barrier, rv == RAFT_NOTLEADER ? ERR_NO_LEADER : ERR_LEADER_CHANGED);
+        return;
+    }
+    n->barrier_in_flight = 1;
+}
+
+/* ---- loop callbacks ---- */
+
+static int sole_voter(raft_node *n)
+{
+    struct raft_configuration *c = &n->raft.configuration;
+    unsigned voters = 0, me = 0;
+    for (unsigned i = 0; i < c->n; i++) {
+        if (c->servers[i].role != RAFT_VOTER)
+            continue;
+        voters++;
+        if (c->servers[i].id == n->cfg.id)
+            me = 1;
+    }
+    return voters == 1 && me;
+}
+
+static void publish_status(raft_node *n)
+{
+    raft_id leader = 0;
+    const char *addr = NULL;
+    raft_leader(&n->raft, &leader, &addr);
+    int is_leader = n->raft.state == RAFT_LEADER;
+    publish(&n->st_term, n->raft.current_term);
+    publish(&n->st_leader, leader);
+    publish(&n->st_commit, n->raft.commit_index);
+    publish(&n->st_applied, raft_last_applied(&n->raft));
+    publish(&n->st_last, raft_last_index(&n->raft));
+    __atomic_store_n(&n->st_is_leader, is_leader, __ATOMIC_RELEASE);
+    int fast = is_leader && n->ready_term == n->raft.current_term && sole_voter(n);
+    __atomic_store_n(&n->st_fast_reads, fast, __ATOMIC_RELEASE);
+}
+
+static void close_cb(struct raft *r)
+{
+    raft_node *n = r->data;
+    raft_uv_close(&n->io);
+    raft_uv_tcp_close(&n->transport);
+    uv_close((uv_handle_t *)&n->wake, NULL);
+    uv_close((uv_handle_t *)&n->check, NULL);
+    uv_close((uv_handle_t *)&n->tick, NULL);
+    uv_close((uv_handle_t *)&n->batch_poll, NULL);
+}
+
+static void on_wake(uv_async_t *h)
+{
+    raft_node *n = h->data;
+    pthread_mutex_lock(&n->mu);
+    int stopping = n->stopping;
+    ctx_list_append(&n->read_pending, &n->read_queue);
+    pthread_mutex_unlock(&n->mu);
+    if (stopping) {
+        if (n->closing)
+            return;
+        n->closing = 1;
+        batch_proposer_drain(n->bp, fail_drained_op, n);
+        fail_reads(n, &n->read_pending, ERR_STOPPED);
+        uv_timer_stop(&n->tick);
+        uv_check_stop(&n->check);
+        uv_poll_stop(&n->batch_poll);
+        raft_close(&n->raft, close_cb);
+        return;
+    }
+    pump_batches(n);
+    pump_reads(n);
+    publish_status(n);
+}
+
+static void on_check(uv_check_t *h)
+{
+    raft_node *n = h->data;
+    pump_batches(n);
+    pump_reads(n);
+    publish_status(n);
+}
+
+static void on_batch_timer(uv_poll_t *h, int status, int events)
+{
+    (void)status;
+    (void)events;
+    raft_node *n = h->data;
+    uint64_t expirations;
+    if (read(n->batch_timerfd, &expirations, sizeof expirations) < 0 && errno != EAGAIN)
+        logf_("warn", "batch timer read: %s", strerror(errno));
+    n->batch_deadline_us = 0;
+    pump_batches(n);
+}
+
+static void on_tick(uv_timer_t *h)
+{
+    raft_node *n = h->data;
+    /* Without a leader nothing queued can make progress: fail it like etcd
+     * fails requests when no leader is known. */
+    if (n->raft.state != RAFT_LEADER) {
+        raft_id leader = 0;
+        const char *addr = NULL;
+        raft_leader(&n->raft, &leader, &addr);
+        if (leader == 0 || leader != n->cfg.id) {
+            batch_proposer_drain(n->bp, fail_drained_op, n);
+            fail_reads(n, &n->read_pending, ERR_NO_LEADER);
+        }
+    }
+    pump_reads(n);
+    publish_status(n);
+}
+
+static void *loop_main(void *arg)
+{
+    raft_node *n = arg;
+    uv_run(&n->loop, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+static void wake_from_proposer(void *arg)
+{
+    raft_node *n = arg;
+    uv_async_send(&n->wake);
+}
+
+/* ---- public ---- */
+
+static int fail_start(raft_node *n, char **errmsg, const char *fmt, ...)
+{
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    *errmsg = strdup(buf);
+    (void)n;
+    return -1;
+}
+
+static int mkdir_p(const char *path)
+{
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s", path);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = 0;
+        if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
+            return -1;
+        *p = '/';
+    }
+    if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
+        return -1;
+    return 0;
+}
+
+int raft_node_start(const raft_node_config *cfg, raft_node **out, char **errmsg)
+{
+    raft_node *n = calloc(1, sizeof *n);
+    if (!n)
+        return fail_start(n, errmsg, "out of memory");
+    n->cfg = *cfg;
+    n->dir = strdup(cfg->dir);
+    n->address = strdup(cfg->address);
+    n->cfg.dir = n->dir;
+    n->cfg.address = n->address;
+    pthread_mutex_init(&n->mu, NULL);
+    entry_arena_init(&n->arena);
+    n->batch_timerfd = -1;
+
+    if (mkdir_p(n->dir) != 0)
+        return fail_start(n, errmsg, "cannot create raft directory %s: %s", n->dir, strerror(errno));
+    n->bp = batch_proposer_new(&cfg->batch, wake_from_proposer, n);
+    if (!n->bp)
+        return fail_start(n, errmsg, "out of memory");
+    int rv = uv_loop_init(&n->loop);
+    if (rv != 0)
+        return fail_start(n, errmsg, "uv_loop_init: %s", uv_strerror(rv));
+    rv = raft_uv_tcp_init(&n->transport, &n->loop);
+    if (rv != 0)
+        return fail_start(n, errmsg, "raft transport: %s", raft_strerror(rv));
+    if (cfg->bind_address) {
+        rv = raft_uv_tcp_set_bind_address(&n->transport, cfg->bind_address);
+        if (rv != 0)
+            return fail_start(n, errmsg, "raft transport cannot bind %s: %s", cfg->bind_address,
+                              raft_strerror(rv));
+    }
+    rv = raft_uv_init(&n->io, &n->loop, n->dir, &n->transport);
+    if (rv != 0)
+        return fail_start(n, errmsg, "raft log in %s: %s", n->dir, raft_strerror(rv));
+    n->fsm.version = 1;
+    n->fsm.data = n;
+    n->fsm.apply = fsm_apply;
+    n->fsm.snapshot = fsm_snapshot;
+    n->fsm.restore = fsm_restore;
+    rv = raft_init(&n->raft, &n->io, &n->fsm, cfg->id, n->address);
+    if (rv != 0)
+        return fail_start(n, errmsg, "raft init: %s", raft_errmsg(&n->raft));
+    n->raft.data = n;
+
+    if (!cfg->join_existing) {
+        struct raft_configuration conf;
+        raft_configuration_init(&conf);
+        for (size_t i = 0; i < cfg->n_initial_members; i++) {
+            rv = raft_configuration_add(&conf, cfg->initial_members[i].id,
+                                        cfg->initial_members[i].address, RAFT_VOTER);
+            if (rv != 0) {
+                raft_configuration_close(&conf);
+                return fail_start(n, errmsg, "initial cluster: %s", raft_strerror(rv));
+            }
+        }
+        rv = raft_bootstrap(&n->raft, &conf);
+        raft_configuration_close(&conf);
+        if (rv != 0 && rv != RAFT_CANTBOOTSTRAP)
+            return fail_start(n, errmsg, "raft bootstrap: %s", raft_errmsg(&n->raft));
+    }
+    raft_set_heartbeat_timeout(&n->raft, cfg->heartbeat_ms);
+    raft_set_election_timeout(&n->raft, cfg->election_ms);
+    raft_set_pre_vote(&n->raft, true);
+    /* A snapshot only syncs RocksDB (the store is the snapshot), so it is
+     * cheap; taking one often bounds the entries c-raft keeps in memory. */
+    unsigned threshold = cfg->snapshot_count < 4096 ? (unsigned)cfg->snapshot_count : 4096;
+    if (threshold == 0)
+        threshold = 1;
+    raft_set_snapshot_threshold(&n->raft, threshold);
+    raft_set_snapshot_trailing(&n->raft, threshold < 1024 ? threshold : 1024);
+
+    n->batch_timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (n->batch_timerfd < 0)
+        return fail_start(n, errmsg, "timerfd: %s", strerror(errno));
+    uv_async_init(&n->loop, &n->wake, on_wake);
+    n->wake.data = n;
+    uv_check_init(&n->loop, &n->check);
+    n->check.data = n;
+    uv_check_start(&n->check, on_check);
+    uv_timer_init(&n->loop, &n->tick);
+    n->tick.data = n;
+    uv_timer_start(&n->tick, on_tick, TICK_MS, TICK_MS);
+    uv_poll_init(&n->loop, &n->batch_poll, n->batch_timerfd);
+    n->batch_poll.data = n;
+    uv_poll_start(&n->batch_poll, UV_READABLE, on_batch_timer);
+
+    rv = raft_start(&n->raft);
+    if (rv != 0)
+        return fail_start(n, errmsg, "raft start: %s", raft_errmsg(&n->raft));
+    publish_status(n);
+    if (pthread_create(&n->thread, NULL, loop_main, n) != 0)
+        return fail_start(n, errmsg, "cannot start the raft thread");
+    n->thread_started = 1;
+    *out = n;
+    return 0;
+}
+
+void raft_node_stop(raft_node *n)
+{
+    if (!n)
+        return;
+    if (n->thread_started) {
+        pthread_mutex_lock(&n->mu);
+        n->stopping = 1;
+        pthread_mutex_unlock(&n->mu);
+        uv_async_send(&n->wake);
+        pthread_join(n->thread, NULL);
+        uv_loop_close(&n->loop);
+    }
+    if (n->batch_timerfd >= 0)
+        close(n->batch_timerfd);
+    batch_proposer_free(n->bp);
+    entry_arena_free(&n->arena);
+    free(n->out.data);
+    free(n->results);
+    free(n->read_queue.items);
+    free(n->read_pending.items);
+    free(n->read_barrier.items);
+    pthread_mutex_destroy(&n->mu);
+    free(n->dir);
+    free(n->address);
+    free(n);
+}
+
+int raft_node_submit(raft_node *n, batch_op_type type, const uint8_t *data, size_t len, void *ctx)
+{
+    return batch_proposer_submit(n->bp, type, data, len, ctx);
+}
+
+int raft_node_read_ready(raft_node *n)
+{
+    return __atomic_load_n(&n->st_fast_reads, __ATOMIC_ACQUIRE);
+}
+
+void raft_node_read_index(raft_node *n, void *ctx)
+{
+    pthread_mutex_lock(&n->mu);
+    int rv = ctx_list_push(&n->read_queue, ctx);
+    pthread_mutex_unlock(&n->mu);
+    if (rv != 0)
+        abort(); /* out of memory: a read cannot be dropped unanswered */
+    uv_async_send(&n->wake);
+}
+
+void raft_node_get_status(raft_node *n, raft_node_status *st)
+{
+    st->term = load(&n->st_term);
+    st->leader_id = load(&n->st_leader);
+    st->commit_index = load(&n->st_commit);
+    st->applied_index = load(&n->st_applied);
+    st->last_index = load(&n->st_last);
+    st->is_leader = __atomic_load_n(&n->st_is_leader, __ATOMIC_ACQUIRE);
+}
+
+uint64_t raft_node_term(raft_node *n)
+{
+    return load(&n->st_term);
+}
+
+void raft_node_batch_metrics(raft_node *n, batch_metrics *out)
+{
+    batch_proposer_metrics(n->bp, out);
+}

@@ -1,0 +1,101 @@
+/*
+ * raft_node — one Ballast member's c-raft node.
+ *
+ * It owns a thread running a libuv loop with c-raft (raft_uv log on disk,
+ * TCP transport on the peer address) and the BatchProposer that feeds it.
+ * Committed entries are decoded (entry_codec) and applied to the mvcc store
+ * in one write batch each, on this thread. Results go back through the
+ * op_done callback, on this thread, only on the member that proposed.
+ *
+ * Every raft_* call happens on the loop thread; other threads talk to the
+ * node through raft_node_submit / raft_node_read_index / the status calls,
+ * which are thread-safe.
+ */
+#ifndef BALLAST_RAFTLOG_RAFT_NODE_H
+#define BALLAST_RAFTLOG_RAFT_NODE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "batch_proposer.h"
+#include "mvcc.h"
+
+typedef struct raft_node raft_node;
+
+typedef struct raft_node_peer {
+    uint64_t id;
+    const char *address; /* "host:port" of its raft transport */
+} raft_node_peer;
+
+/* Called on the raft thread once per op of a proposal made through this node:
+ * with its result when applied (res->status may be an etcd error), or with a
+ * failure status (e.g. MVCC_STATUS_UNAVAILABLE, "etcdserver: leader changed")
+ * when the entry could not be committed. The response bytes are at
+ * resp_base + res->off and stay valid only during the call. */
+typedef void (*raft_node_op_done_fn)(void *ctx, const mvcc_result *res, const uint8_t *resp_base,
+                                     void *arg);
+
+/* Called on the raft thread when a linearizable read may proceed (status 0),
+ * or with a failure status and etcd's message. */
+typedef void (*raft_node_read_fn)(void *ctx, int status, const char *message, void *arg);
+
+typedef struct raft_node_config {
+    const char *dir;           /* raft log directory; created if missing */
+    uint64_t id;               /* this member's id (non-zero) */
+    const char *address;       /* this member's raft address "host:port" */
+    const char *bind_address;  /* IPv4 "a.b.c.d:port" to listen on, or NULL for `address` */
+    const raft_node_peer *initial_members; /* the bootstrap configuration */
+    size_t n_initial_members;
+    int join_existing;         /* --initial-cluster-state existing: do not bootstrap */
+    unsigned heartbeat_ms;
+    unsigned election_ms;
+    uint64_t snapshot_count;   /* entries between snapshots */
+    mvcc *store;
+    uint64_t cluster_id;       /* for response headers */
+    batch_config batch;
+    raft_node_op_done_fn op_done;
+    raft_node_read_fn read_done;
+    void *cb_arg;
+} raft_node_config;
+
+/* Opens the log, starts the loop thread and returns at once; the node
+ * becomes leader on its own (single member) or by election. On failure
+ * returns non-zero and sets *errmsg (malloc'd). */
+int raft_node_start(const raft_node_config *cfg, raft_node **out, char **errmsg);
+
+/* Stops the loop thread, failing whatever is still waiting, and frees the
+ * node. The store is not closed. */
+void raft_node_stop(raft_node *n);
+
+/* Proposes one write. `data` must stay valid until op_done is called for ctx.
+ * Thread-safe. Returns 0, or -1 if it could not be queued. */
+int raft_node_submit(raft_node *n, batch_op_type type, const uint8_t *data, size_t len, void *ctx);
+
+/* True when the local store may be read linearizably at once: this member
+ * is the only voter and the leader, and has applied every entry of earlier
+ * terms (every acknowledged write is then applied here). Thread-safe. */
+int raft_node_read_ready(raft_node *n);
+
+/* Asks for a linearizable read: read_done(ctx, ...) follows on the raft
+ * thread once the store has applied everything committed when the read
+ * arrived (concurrent reads share one raft barrier). Thread-safe. */
+void raft_node_read_index(raft_node *n, void *ctx);
+
+typedef struct raft_node_status {
+    uint64_t term;
+    uint64_t leader_id;     /* 0 when unknown */
+    uint64_t commit_index;
+    uint64_t applied_index;
+    uint64_t last_index;
+    int is_leader;
+} raft_node_status;
+
+/* A recent view of the node (updated by the loop thread). Thread-safe. */
+void raft_node_get_status(raft_node *n, raft_node_status *st);
+
+/* Current raft term, for response headers. Thread-safe. */
+uint64_t raft_node_term(raft_node *n);
+
+void raft_node_batch_metrics(raft_node *n, batch_metrics *out);
+
+#endif

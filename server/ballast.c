@@ -1,0 +1,50 @@
+/* What the services share: headers, reply helpers, per-thread buffers. */
+#include <stdlib.h>
+
+#include "ballast.h"
+
+const char BALLAST_ERR_MALFORMED[] = "grpc: error unmarshalling request: unexpected EOF";
+mvcc_header ballast_header(ballast_server *b)
+{
+    mvcc_header h = {b->cluster_id, b->member_id, raft_node_term(b->node)};
+    return h;
+}
+
+static __thread mvcc_buf thread_buf;
+
+mvcc_buf *ballast_thread_buf(void)
+{
+    thread_buf.len = 0;
+    return &thread_buf;
+}
+
+void ballast_thread_buf_done(mvcc_buf *buf)
+{
+    if (buf->cap > (1u << 20)) {
+        free(buf->data);
+        buf->data = NULL;
+        buf->cap = 0;
+    }
+    buf->len = 0;
+}
+
+void ballast_reply_result(rpc_call *call, const mvcc_result *res, const uint8_t *buf)
+{
+    if (res->status == MVCC_STATUS_OK)
+        rpc_reply(call, buf + res->off, res->len);
+    else
+        rpc_fail(call, (grpc_status_code)res->status, res->message);
+}
+
+void ballast_reply_packed(rpc_call *call, const ProtobufCMessage *msg)
+{
+    size_t len = protobuf_c_message_get_packed_size(msg);
+    uint8_t *buf = malloc(len ? len : 1);
+    if (!buf) {
+        rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "etcdserver: out of memory");
+        return;
+    }
+    protobuf_c_message_pack(msg, buf);
+    rpc_reply(call, buf, len);
+    free(buf);
+}

@@ -1,0 +1,219 @@
+/* The KV service: Range, Put, DeleteRange, Txn, Compact. Writes are handed
+ * to the raft node as the client's own request bytes; reads are served from
+ * the store on the calling thread when they may be (serializable, or
+ * linearizable without a barrier), else after a shared raft barrier. */
+#include <stdlib.h>
+
+#include "ballast.h"
+
+static const char ERR_TOO_LARGE[] = "etcdserver: request is too large";
+
+/* How large etcd's InternalRaftRequest around a request of `len` bytes is:
+ * the request field (1-byte tag + length) plus a RequestHeader carrying a
+ * 64-bit request ID (2-byte tag, length, 1-byte tag, 10-byte varint). */
+static uint64_t raft_request_size(size_t len)
+{
+    uint64_t varint = 1;
+    for (uint64_t v = len; v >= 0x80; v >>= 7)
+        varint++;
+    return len + 1 + varint + 14;
+}
+
+/* ---- reads ---- */
+
+typedef enum { READ_RANGE, READ_TXN } read_kind;
+
+/* A linearizable read waiting for a raft barrier. */
+typedef struct pending_read {
+    read_kind kind;
+    void *req;
+} pending_read;
+
+static void free_read_req(read_kind kind, void *req)
+{
+    if (kind == READ_RANGE)
+        etcdserverpb__range_request__free_unpacked(req, NULL);
+    else
+        etcdserverpb__txn_request__free_unpacked(req, NULL);
+}
+
+static void serve_read(ballast_server *b, rpc_call *call, read_kind kind, void *req)
+{
+    mvcc_buf *buf = ballast_thread_buf();
+    mvcc_header h = ballast_header(b);
+    mvcc_result res;
+    int rv = kind == READ_RANGE ? mvcc_range(b->store, req, &h, buf, &res)
+                                : mvcc_txn_read(b->store, req, &h, buf, &res);
+    if (rv != 0 && res.status == MVCC_STATUS_OK) {
+        res.status = MVCC_STATUS_INTERNAL;
+        res.message = "etcdserver: storage error";
+    }
+    ballast_reply_result(call, &res, buf->data);
+    ballast_thread_buf_done(buf);
+    free_read_req(kind, req);
+}
+
+/* Serves now or after a barrier; takes ownership of req. */
+static void start_read(ballast_server *b, rpc_call *call, read_kind kind, void *req, int serializable)
+{
+    if (serializable || raft_node_read_ready(b->node)) {
+        serve_read(b, call, kind, req);
+        return;
+    }
+    pending_read *p = malloc(sizeof *p);
+    if (!p) {
+        rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "etcdserver: out of memory");
+        free_read_req(kind, req);
+        return;
+    }
+    p->kind = kind;
+    p->req = req;
+    /* Attached before queueing: read_done may run on the raft thread at once. */
+    rpc_call_set_data(call, p);
+    raft_node_read_index(b->node, call);
+}
+
+void kv_service_read_done(void *ctx, int status, const char *message, void *arg)
+{
+    ballast_server *b = arg;
+    rpc_call *call = ctx;
+    pending_read *p = rpc_call_data(call);
+    rpc_call_set_data(call, NULL);
+    if (status == 0) {
+        serve_read(b, call, p->kind, p->req);
+    } else {
+        rpc_fail(call, (grpc_status_code)status, message);
+        free_read_req(p->kind, p->req);
+    }
+    free(p);
+}
+
+static int txn_serializable(const Etcdserverpb__TxnRequest *r)
+{
+    for (size_t i = 0; i < r->n_success; i++)
+        if (r->success[i]->request_case != ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_RANGE ||
+            !r->success[i]->request_range->serializable)
+            return 0;
+    for (size_t i = 0; i < r->n_failure; i++)
+        if (r->failure[i]->request_case != ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_RANGE ||
+            !r->failure[i]->request_range->serializable)
+            return 0;
+    return 1;
+}
+
+static void fail_result(rpc_call *call, const mvcc_result *res)
+{
+    rpc_fail(call, (grpc_status_code)res->status, res->message);
+}
+
+static void kv_range(rpc_call *call, const uint8_t *data, size_t len, void *arg)
+{
+    ballast_server *b = arg;
+    Etcdserverpb__RangeRequest *r = etcdserverpb__range_request__unpack(NULL, len, data);
+    if (!r) {
+        rpc_fail(call, GRPC_STATUS_INTERNAL, BALLAST_ERR_MALFORMED);
+        return;
+    }
+    mvcc_result res;
+    if (mvcc_validate_range(r, &b->limits, &res) != 0) {
+        fail_result(call, &res);
+        etcdserverpb__range_request__free_unpacked(r, NULL);
+        return;
+    }
+    start_read(b, call, READ_RANGE, r, r->serializable);
+}
+
+/* Checks a write's size like etcd does and hands its bytes to raft. */
+static void propose(ballast_server *b, rpc_call *call, batch_op_type type, const uint8_t *data, size_t len)
+{
+    if (raft_request_size(len) > b->limits.max_request_bytes) {
+        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, ERR_TOO_LARGE);
+        return;
+    }
+    if (raft_node_submit(b->node, type, data, len, call) != 0)
+        rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "etcdserver: out of memory");
+}
+
+void kv_service_op_done(void *ctx, const mvcc_result *res, const uint8_t *resp_base, void *arg)
+{
+    (void)arg;
+    ballast_reply_result(ctx, res, resp_base);
+}
+
+static void kv_put(rpc_call *call, const uint8_t *data, size_t len, void *arg)
+{
+    ballast_server *b = arg;
+    Etcdserverpb__PutRequest *r = etcdserverpb__put_request__unpack(NULL, len, data);
+    if (!r) {
+        rpc_fail(call, GRPC_STATUS_INTERNAL, BALLAST_ERR_MALFORMED);
+        return;
+    }
+    mvcc_result res;
+    int bad = mvcc_validate_put(r, &b->limits, &res);
+    etcdserverpb__put_request__free_unpacked(r, NULL);
+    if (bad)
+        fail_result(call, &res);
+    else
+        propose(b, call, BATCH_OP_PUT, data, len);
+}
+
+static void kv_delete_range(rpc_call *call, const uint8_t *data, size_t len, void *arg)
+{
+    ballast_server *b = arg;
+    Etcdserverpb__DeleteRangeRequest *r = etcdserverpb__delete_range_request__unpack(NULL, len, data);
+    if (!r) {
+        rpc_fail(call, GRPC_STATUS_INTERNAL, BALLAST_ERR_MALFORMED);
+        return;
+    }
+    mvcc_result res;
+    int bad = mvcc_validate_delete_range(r, &b->limits, &res);
+    etcdserverpb__delete_range_request__free_unpacked(r, NULL);
+    if (bad)
+        fail_result(call, &res);
+    else
+        propose(b, call, BATCH_OP_DELETE_RANGE, data, len);
+}
+
+static void kv_txn(rpc_call *call, const uint8_t *data, size_t len, void *arg)
+{
+    ballast_server *b = arg;
+    Etcdserverpb__TxnRequest *r = etcdserverpb__txn_request__unpack(NULL, len, data);
+    if (!r) {
+        rpc_fail(call, GRPC_STATUS_INTERNAL, BALLAST_ERR_MALFORMED);
+        return;
+    }
+    mvcc_result res;
+    if (mvcc_validate_txn(r, &b->limits, &res) != 0) {
+        fail_result(call, &res);
+        etcdserverpb__txn_request__free_unpacked(r, NULL);
+        return;
+    }
+    if (mvcc_txn_is_read_only(r)) {
+        start_read(b, call, READ_TXN, r, txn_serializable(r));
+        return;
+    }
+    etcdserverpb__txn_request__free_unpacked(r, NULL);
+    propose(b, call, BATCH_OP_TXN, data, len);
+}
+
+static void kv_compact(rpc_call *call, const uint8_t *data, size_t len, void *arg)
+{
+    ballast_server *b = arg;
+    Etcdserverpb__CompactionRequest *r = etcdserverpb__compaction_request__unpack(NULL, len, data);
+    if (!r) {
+        rpc_fail(call, GRPC_STATUS_INTERNAL, BALLAST_ERR_MALFORMED);
+        return;
+    }
+    etcdserverpb__compaction_request__free_unpacked(r, NULL);
+    propose(b, call, BATCH_OP_COMPACTION, data, len);
+}
+
+size_t kv_service_methods(ballast_server *b, rpc_method *out)
+{
+    out[0] = (rpc_method){"/etcdserverpb.KV/Range", kv_range, b, 32};
+    out[1] = (rpc_method){"/etcdserverpb.KV/Put", kv_put, b, 32};
+    out[2] = (rpc_method){"/etcdserverpb.KV/DeleteRange", kv_delete_range, b, 16};
+    out[3] = (rpc_method){"/etcdserverpb.KV/Txn", kv_txn, b, 32};
+    out[4] = (rpc_method){"/etcdserverpb.KV/Compact", kv_compact, b, 4};
+    return 5;
+}

@@ -1,0 +1,64 @@
+/*
+ * rpc — Ballast's gRPC C-core front end: completion-queue threads, registered
+ * methods, unary calls, and the catch-all that answers UNIMPLEMENTED.
+ *
+ * A service describes its methods with an rpc_method table; for each unary
+ * call the method's handler runs on a completion-queue thread with the
+ * request bytes. It must eventually call rpc_reply() or rpc_fail() exactly
+ * once — from any thread (grpc_call_start_batch is thread-safe), e.g. from the
+ * raft thread after the write was applied. Everything the call owns is freed
+ * when the reply has been sent.
+ */
+#ifndef BALLAST_SERVER_RPC_H
+#define BALLAST_SERVER_RPC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <grpc/grpc.h>
+
+typedef struct rpc_server rpc_server;
+typedef struct rpc_call rpc_call;
+
+/* `req` stays valid until the call has been answered. */
+typedef void (*rpc_unary_handler)(rpc_call *call, const uint8_t *req, size_t len, void *arg);
+
+typedef struct rpc_method {
+    const char *path;          /* e.g. "/etcdserverpb.KV/Range" */
+    rpc_unary_handler handler;
+    void *arg;
+    unsigned backlog;          /* requests kept posted per thread (0: a default) */
+} rpc_method;
+
+typedef struct rpc_options {
+    const char *const *listen;   /* "host:port" addresses */
+    size_t n_listen;
+    unsigned threads;            /* completion-queue threads (0: one per core) */
+    size_t max_receive_bytes;    /* gRPC's receive limit */
+} rpc_options;
+
+/* Creates the server and binds every address. Returns NULL and sets *errmsg
+ * (malloc'd) on failure, e.g. an address already in use. */
+rpc_server *rpc_server_create(const rpc_options *opt, const rpc_method *methods, size_t n_methods,
+                              char **errmsg);
+/* Starts the threads; calls are served from now on. */
+void rpc_server_start(rpc_server *s);
+/* Stops accepting calls and cancels those in flight. Calls still waiting for
+ * an answer (e.g. from the raft thread) must then be answered — a reply to a
+ * cancelled call is harmless — before rpc_server_finish_shutdown, which waits
+ * for every call to end and joins the threads. */
+void rpc_server_begin_shutdown(rpc_server *s);
+void rpc_server_finish_shutdown(rpc_server *s);
+void rpc_server_destroy(rpc_server *s);
+
+/* Sends the response message (len bytes, copied) with status OK. */
+void rpc_reply(rpc_call *call, const uint8_t *resp, size_t len);
+/* Sends a failure status with etcd's message. */
+void rpc_fail(rpc_call *call, grpc_status_code code, const char *message);
+
+/* Per-call scratch for the handler: a pointer it may set and read back in
+ * later callbacks (e.g. a decoded request). The handler frees what it puts. */
+void rpc_call_set_data(rpc_call *call, void *data);
+void *rpc_call_data(rpc_call *call);
+
+#endif
