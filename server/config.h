@@ -2,9 +2,10 @@
  * config — etcd's command-line flags and ETCD_* environment variables.
  *
  * Every flag has etcd 3.4's name and default; a flag may also be given as the
- * environment variable ETCD_<FLAG IN UPPER CASE WITH '-' AS '_'> (a flag on
- * the command line wins, as in etcd). Ballast adds --batch-max-ops,
- * --batch-max-wait and --batch-policy (and BALLAST_* variables for those).
+ * environment variable ETCD_<FLAG IN UPPER CASE WITH '-' AS '_'>. As in etcd,
+ * giving both the flag and its variable is an error; an empty variable counts
+ * as unset. Ballast's own --batch-max-ops, --batch-max-wait and --batch-policy
+ * are read from BALLAST_BATCH_MAX_OPS etc.
  */
 #ifndef BALLAST_SERVER_CONFIG_H
 #define BALLAST_SERVER_CONFIG_H
