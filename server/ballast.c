@@ -10,6 +10,15 @@ mvcc_header ballast_header(ballast_server *b)
     return h;
 }
 
+void ballast_fill_header(ballast_server *b, Etcdserverpb__ResponseHeader *h)
+{
+    mvcc_header mh = ballast_header(b);
+    h->cluster_id = mh.cluster_id;
+    h->member_id = mh.member_id;
+    h->raft_term = mh.raft_term;
+    h->revision = mvcc_current_revision(b->store);
+}
+
 static __thread mvcc_buf thread_buf;
 
 mvcc_buf *ballast_thread_buf(void)

@@ -29,11 +29,16 @@ typedef struct ballast_server {
 /* The header fields of every response, for this member now. */
 mvcc_header ballast_header(ballast_server *b);
 
+/* Fills a ResponseHeader as etcd's services do: ids, term and the store's
+ * current revision. */
+void ballast_fill_header(ballast_server *b, Etcdserverpb__ResponseHeader *h);
+
 /* Services: each fills its methods into `out` (room for at least 16) and
  * returns how many. */
 size_t kv_service_methods(ballast_server *b, rpc_method *out);
 size_t maintenance_service_methods(ballast_server *b, rpc_method *out);
 size_t cluster_service_methods(ballast_server *b, rpc_method *out);
+size_t lease_service_methods(ballast_server *b, rpc_method *out);
 
 /* The raft node's callbacks: answer the waiting call. */
 void kv_service_op_done(void *ctx, const mvcc_result *res, const uint8_t *resp_base, void *arg);

@@ -150,6 +150,7 @@ int main(int argc, char **argv, char **envp)
     n_methods += kv_service_methods(&b, methods + n_methods);
     n_methods += maintenance_service_methods(&b, methods + n_methods);
     n_methods += cluster_service_methods(&b, methods + n_methods);
+    n_methods += lease_service_methods(&b, methods + n_methods);
 
     const char **listen = calloc(cfg.listen_client_urls.n ? cfg.listen_client_urls.n : 1, sizeof *listen);
     char (*listen_addr)[300] = calloc(cfg.listen_client_urls.n ? cfg.listen_client_urls.n : 1, sizeof *listen_addr);

@@ -3,15 +3,6 @@
 
 #include "ballast.h"
 
-static void fill_header(ballast_server *b, Etcdserverpb__ResponseHeader *h)
-{
-    mvcc_header mh = ballast_header(b);
-    h->cluster_id = mh.cluster_id;
-    h->member_id = mh.member_id;
-    h->raft_term = mh.raft_term;
-    h->revision = mvcc_current_revision(b->store);
-}
-
 static void maintenance_status(rpc_call *call, const uint8_t *data, size_t len, void *arg)
 {
     ballast_server *b = arg;
@@ -25,7 +16,7 @@ static void maintenance_status(rpc_call *call, const uint8_t *data, size_t len, 
     raft_node_status st;
     raft_node_get_status(b->node, &st);
     Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT;
-    fill_header(b, &h);
+    ballast_fill_header(b, &h);
     Etcdserverpb__StatusResponse resp = ETCDSERVERPB__STATUS_RESPONSE__INIT;
     resp.header = &h;
     resp.version = (char *)BALLAST_ETCD_VERSION;
