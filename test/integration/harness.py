@@ -42,13 +42,15 @@ import traceback
 import urllib.request
 
 import grpc
-from etcd3.etcdrpc import kv_pb2, rpc_pb2, rpc_pb2_grpc  # noqa: F401 (re-exported)
+from etcd3.etcdrpc import rpc_pb2, rpc_pb2_grpc
 
 ETCD_BIN = "/usr/bin/etcd"
 ETCDCTL_BIN = "/usr/bin/etcdctl"
 PYTHON = "/usr/bin/python3"
 SETPRIV = "/usr/bin/setpriv"
 READY_TIMEOUT = 10.0
+# big range answers (the server's send limit is math.MaxInt32, like etcd's)
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 256 * 1024 * 1024)]
 STOP_TIMEOUT = 10.0
 
 SOURCE_DIR = os.environ.get(
@@ -107,8 +109,8 @@ def text_diff(expected, actual, expected_name="etcd", actual_name="candidate"):
 
 _lock = threading.Lock()
 _processes = []          # subprocess.Popen objects this test started
+_servers = []            # Server objects, newest last (their logs on failure)
 _temp_dirs = []
-_keep_dirs = False
 
 
 def register_process(proc):
@@ -140,12 +142,6 @@ def make_temp_dir(prefix="ballast-it-"):
     return path
 
 
-def keep_temp_dirs():
-    """Keeps temporary directories after the test (a failure to look into)."""
-    global _keep_dirs
-    _keep_dirs = True
-
-
 def cleanup():
     with _lock:
         procs, dirs = list(_processes), list(_temp_dirs)
@@ -157,10 +153,7 @@ def cleanup():
         except Exception as exc:  # keep cleaning the rest
             print("cleanup: could not stop pid %d: %s" % (proc.pid, exc), file=sys.stderr)
     for path in dirs:
-        if _keep_dirs:
-            print("kept %s" % path)
-        else:
-            shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 atexit.register(cleanup)
@@ -168,6 +161,15 @@ atexit.register(cleanup)
 
 def _exit_on_signal(signum, _frame):
     raise SystemExit(128 + signum)
+
+
+def print_server_logs(count=3, max_bytes=3000):
+    """The end of the logs of the last `count` servers this test started."""
+    with _lock:
+        servers = _servers[-count:]
+    for server in servers:
+        print("---- end of the log of %s (%s) ----\n%s" % (server, server.log_path,
+                                                         server.log_tail(max_bytes)))
 
 
 def run(main):
@@ -185,9 +187,11 @@ def run(main):
         print("SKIP %s: %s" % (name, exc))
         code = 0
     except TestFailure as exc:
+        print_server_logs()
         print("FAIL %s: %s" % (name, exc))
     except Exception:
         traceback.print_exc()
+        print_server_logs()
         print("FAIL %s: unexpected exception (above)" % name)
     finally:
         sys.stdout.flush()
@@ -246,18 +250,19 @@ def skip_unless_ballast(reason):
         raise TestSkipped("candidate is %s: %s" % (candidate_kind(), reason))
 
 
-def _with_pdeathsig(cmd):
-    # setpriv execs the command: the PID we get is the server's own PID
+def _with_pdeathsig(cmd, signal_name):
+    # setpriv execs the command: the PID we get is the command's own PID
     if os.access(SETPRIV, os.X_OK):
-        return [SETPRIV, "--pdeathsig", "KILL", "--"] + list(cmd)
+        return [SETPRIV, "--pdeathsig", signal_name, "--"] + list(cmd)
     return list(cmd)
 
 
-def spawn(cmd, log_path, cwd=None, env=None):
+def spawn(cmd, log_path, cwd=None, env=None, death_signal="KILL"):
     """Starts a process with stdout+stderr going to log_path, registered for
-    clean-up."""
+    clean-up.  It gets `death_signal` if the thread that started it dies
+    (use "TERM" for a process that must clean up its own children)."""
     with open(log_path, "ab") as logf:
-        proc = subprocess.Popen(_with_pdeathsig(cmd), stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(_with_pdeathsig(cmd, death_signal), stdin=subprocess.DEVNULL,
                                 stdout=logf, stderr=subprocess.STDOUT, cwd=cwd, env=env)
     return register_process(proc)
 
@@ -307,6 +312,8 @@ class Server:
         self.proc = None
         self.starts = 0
         self._channel = None
+        with _lock:
+            _servers.append(self)
 
     # addresses
     @property
@@ -383,10 +390,6 @@ class Server:
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(STOP_TIMEOUT)
 
-    def restart(self):
-        self.stop()
-        return self.start()
-
     def running(self):
         return self.proc is not None and self.proc.poll() is None
 
@@ -413,12 +416,12 @@ class Server:
     # gRPC
     def channel(self):
         if self._channel is None:
-            self._channel = grpc.insecure_channel(self.endpoint)
+            self._channel = grpc.insecure_channel(self.endpoint, options=CHANNEL_OPTIONS)
         return self._channel
 
     def new_channel(self):
         """A channel of its own (the caller closes it)."""
-        return grpc.insecure_channel(self.endpoint)
+        return grpc.insecure_channel(self.endpoint, options=CHANNEL_OPTIONS)
 
     def _close_channel(self):
         if self._channel is not None:
@@ -430,9 +433,6 @@ class Server:
 
     def maintenance(self):
         return rpc_pb2_grpc.MaintenanceStub(self.channel())
-
-    def cluster(self):
-        return rpc_pb2_grpc.ClusterStub(self.channel())
 
     def raft_index(self):
         return self.maintenance().Status(rpc_pb2.StatusRequest(), timeout=10).raftIndex
@@ -449,6 +449,61 @@ class Server:
         status, body = self.http_get("/metrics")
         check(status == 200, "GET /metrics on %s answered %s" % (self, status))
         return Metrics(body)
+
+
+HEADER_ID_FIELDS = ("cluster_id", "member_id", "raft_term")
+
+
+def strip_header_ids(message):
+    """A copy of a protobuf message with cluster_id, member_id and raft_term
+    cleared in every ResponseHeader inside it (they identify a server; the
+    revision is kept)."""
+    copy = type(message)()
+    copy.CopyFrom(message)
+    _strip_ids(copy)
+    return copy
+
+
+def _strip_ids(message):
+    if message.DESCRIPTOR.full_name == "etcdserverpb.ResponseHeader":
+        for name in HEADER_ID_FIELDS:
+            message.ClearField(name)
+        return
+    for field, value in message.ListFields():
+        if field.message_type is None:
+            continue
+        if field.label == field.LABEL_REPEATED:
+            for item in value:
+                _strip_ids(item)
+        else:
+            _strip_ids(value)
+
+
+def prefix_end(prefix):
+    """range_end that selects every key starting with `prefix` (non-empty)."""
+    end = bytearray(prefix)
+    while end and end[-1] == 0xFF:
+        end.pop()
+    if not end:
+        return b"\0"
+    end[-1] += 1
+    return bytes(end)
+
+
+def range_all(kv, prefix, page=1000, timeout=30):
+    """Every KeyValue under `prefix`, read in pages of `page` keys at one
+    revision; returns (list of KeyValue, header revision)."""
+    end = prefix_end(prefix)
+    key, revision, result = prefix, 0, []
+    for _ in range(1000000):
+        resp = kv.Range(rpc_pb2.RangeRequest(key=key, range_end=end, limit=page,
+                                             revision=revision), timeout=timeout)
+        revision = revision or resp.header.revision
+        result.extend(resp.kvs)
+        if not resp.more or not resp.kvs:
+            return result, revision
+        key = resp.kvs[-1].key + b"\0"
+    raise TestFailure("range_all(%r) did not end" % prefix)
 
 
 class Metrics:

@@ -1,0 +1,139 @@
+"""Bad input gets etcd's error status and the server keeps serving.
+
+The same raw requests go to etcd 3.4.23 and to the candidate:
+  - malformed protobuf bytes to KV/Put, KV/Range, KV/DeleteRange and KV/Txn:
+    same gRPC status code as etcd (and the same message when etcd's message is
+    not a Go decoder text, e.g. a valid message whose key is missing);
+  - a Put just under --max-request-bytes (1.5 MiB) succeeds on both; one above
+    it gets etcd's code and message (INVALID_ARGUMENT "etcdserver: request is
+    too large"); one above the gRPC receive limit (max-request-bytes + 512 KiB)
+    gets etcd's code (RESOURCE_EXHAUSTED);
+  - unknown methods (/etcdserverpb.KV/RangeStream, /foo.Bar/Baz), unary and
+    server-streaming, with a 5 s deadline: UNIMPLEMENTED, at once, never
+    DEADLINE_EXCEEDED.
+After every request the candidate still answers a Range and is still running.
+"""
+
+import time
+
+import grpc
+
+import harness
+from harness import Failures, rpc_pb2
+
+DEADLINE = 5.0
+MiB = 1024 * 1024
+GO_DECODER_PREFIX = "grpc: error unmarshalling request"
+
+MALFORMED = [
+    ("truncated varint", b"\xff\xff\xff"),
+    ("length beyond the end", b"\x0a\x05ab"),
+    ("tag without a value", b"\x0a\x01a\x12"),
+    ("wrong wire type (varint) for bytes field 1", b"\x08\x01"),
+    ("field number 0", b"\x00"),
+    ("11-byte varint length", b"\x0a\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01"),
+    ("start-group wire type", b"\x0b"),
+    ("invalid wire type 7", b"\x0f"),
+    ("length of 4 GiB", b"\x12\x80\x80\x80\x80\x10"),
+    ("unknown field only (key missing)", b"\xf8\xff\xff\xff\x0f\x01"),
+]
+METHODS = ["/etcdserverpb.KV/Put", "/etcdserverpb.KV/Range",
+           "/etcdserverpb.KV/DeleteRange", "/etcdserverpb.KV/Txn"]
+UNKNOWN_METHODS = ["/etcdserverpb.KV/RangeStream", "/foo.Bar/Baz"]
+
+
+def identity(data):
+    return data
+
+
+def call(server, method, payload, streaming=False):
+    """Sends raw bytes; returns (code name, details, seconds)."""
+    channel = server.channel()
+    started = time.monotonic()
+    try:
+        if streaming:
+            stub = channel.unary_stream(method, request_serializer=identity,
+                                        response_deserializer=identity)
+            list(stub(payload, timeout=DEADLINE))
+        else:
+            stub = channel.unary_unary(method, request_serializer=identity,
+                                       response_deserializer=identity)
+            stub(payload, timeout=DEADLINE)
+        code, details = "OK", ""
+    except grpc.RpcError as exc:
+        code, details = exc.code().name, exc.details()
+    return code, details, time.monotonic() - started
+
+
+def put_bytes(value_size):
+    return rpc_pb2.PutRequest(key=b"big", value=b"x" * value_size).SerializeToString()
+
+
+class Comparison:
+    def __init__(self, ref, cand):
+        self.ref, self.cand = ref, cand
+        self.failures = Failures()
+        self.count = 0
+
+    def still_serving(self, what):
+        try:
+            self.cand.kv().Range(rpc_pb2.RangeRequest(key=b"health"), timeout=DEADLINE)
+            ok = self.cand.running()
+        except grpc.RpcError as exc:
+            ok = False
+            what += " (Range afterwards: %s %s)" % (exc.code().name, exc.details())
+        if not ok:
+            raise harness.TestFailure("candidate stopped serving after %s; end of its log:\n%s"
+                                      % (what, self.cand.log_tail()))
+
+    def compare(self, what, method, payload, streaming=False, same_message=None):
+        """Same code as etcd; same message too when `same_message` (default:
+        unless etcd's message is its Go decoder's text)."""
+        self.count += 1
+        want = call(self.ref, method, payload, streaming)
+        got = call(self.cand, method, payload, streaming)
+        self.still_serving(what)
+        if same_message is None:
+            same_message = not want[1].startswith(GO_DECODER_PREFIX)
+        label = "%s %s" % (method, what)
+        if got[0] != want[0] or (same_message and got[1] != want[1]):
+            self.failures.add("%s: etcd %s %r, candidate %s %r (after %.1fs)"
+                              % (label, want[0], want[1], got[0], got[1], got[2]))
+        return want, got
+
+
+def main():
+    with harness.Server(kind="etcd", name="ref") as ref, harness.Server() as cand:
+        cmp = Comparison(ref, cand)
+        for method in METHODS:
+            for what, payload in MALFORMED:
+                want, _ = cmp.compare(what, method, payload)
+                harness.check(want[0] != "OK" or method != "/etcdserverpb.KV/Put",
+                              "etcd accepted %r on Put: the case is not malformed" % payload)
+
+        limit = 3 * MiB // 2
+        want, _ = cmp.compare("value of 1 MiB", METHODS[0], put_bytes(MiB))
+        harness.check(want[0] == "OK", "etcd rejected a 1 MiB Put: %s" % (want,))
+        want, _ = cmp.compare("value of 1.5 MiB + 1 KiB", METHODS[0],
+                              put_bytes(limit + 1024), same_message=True)
+        harness.check(want[0] == "INVALID_ARGUMENT",
+                      "etcd answered %s to a Put above --max-request-bytes" % (want,))
+        want, _ = cmp.compare("value of 2 MiB + 1 KiB", METHODS[0],
+                              put_bytes(limit + 512 * 1024 + 1024), same_message=False)
+        harness.check(want[0] == "RESOURCE_EXHAUSTED",
+                      "etcd answered %s to a Put above the gRPC limit" % (want,))
+
+        for method in UNKNOWN_METHODS:
+            for streaming in (False, True):
+                what = "unknown method (%s)" % ("server-streaming" if streaming else "unary")
+                want, got = cmp.compare(what, method, b"\x0a\x01a", streaming,
+                                        same_message=False)
+                harness.check(want[0] == "UNIMPLEMENTED", "etcd answered %s" % (want,))
+                cmp.failures.check(got[2] < DEADLINE / 2, "%s %s: answered after %.1fs"
+                                   % (method, what, got[2]))
+        harness.log("%d bad requests compared" % cmp.count)
+        cmp.failures.raise_if_any()
+
+
+if __name__ == "__main__":
+    harness.run(main)
