@@ -1,4 +1,5 @@
 /* What the services share: headers, reply helpers, per-thread buffers. */
+#include <pthread.h>
 #include <stdlib.h>
 
 #include "ballast.h"
@@ -19,12 +20,34 @@ void ballast_fill_header(ballast_server *b, Etcdserverpb__ResponseHeader *h)
     h->revision = mvcc_current_revision(b->store);
 }
 
-static __thread mvcc_buf thread_buf;
+/* Each thread's read buffer, freed when the thread ends. */
+static pthread_key_t thread_buf_key;
+static pthread_once_t thread_buf_once = PTHREAD_ONCE_INIT;
+
+static void thread_buf_free(void *p)
+{
+    mvcc_buf *buf = p;
+    free(buf->data);
+    free(buf);
+}
+
+static void thread_buf_key_init(void)
+{
+    if (pthread_key_create(&thread_buf_key, thread_buf_free) != 0)
+        abort();
+}
 
 mvcc_buf *ballast_thread_buf(void)
 {
-    thread_buf.len = 0;
-    return &thread_buf;
+    pthread_once(&thread_buf_once, thread_buf_key_init);
+    mvcc_buf *buf = pthread_getspecific(thread_buf_key);
+    if (!buf) {
+        buf = calloc(1, sizeof *buf);
+        if (!buf || pthread_setspecific(thread_buf_key, buf) != 0)
+            abort();
+    }
+    buf->len = 0;
+    return buf;
 }
 
 void ballast_thread_buf_done(mvcc_buf *buf)

@@ -376,11 +376,34 @@ class Server:
                           % (self, timeout, last, self.log_tail()))
 
     def stop(self, timeout=STOP_TIMEOUT):
-        """Graceful stop (SIGTERM, then SIGKILL after `timeout`)."""
+        """Graceful stop (SIGTERM, then SIGKILL after `timeout`). A ballast
+        that was running must exit 0 (an orderly shutdown) and its log must
+        hold no sanitizer report."""
         self._close_channel()
-        if self.proc is not None:
-            return stop_process(self.proc, timeout)
-        return None
+        if self.proc is None:
+            return None
+        was_running = self.proc.poll() is None
+        code = stop_process(self.proc, timeout)
+        if self.kind == "ballast":
+            self.check_log_clean()
+            check(not was_running or code == 0,
+                  "%s exited with status %s after SIGTERM (expected an orderly exit 0); log:\n%s"
+                  % (self, code, self.log_tail()))
+        return code
+
+    SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "UndefinedBehaviorSanitizer",
+                         "ThreadSanitizer", "runtime error:")
+
+    def check_log_clean(self):
+        """Fails when the server's log holds a sanitizer report."""
+        try:
+            with open(self.log_path, "rb") as f:
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            return
+        for marker in self.SANITIZER_MARKERS:
+            check(marker not in text, "%s: sanitizer report in its log (%s):\n%s"
+                  % (self, self.log_path, text[text.find(marker) - 200:][:6000]))
 
     def kill9(self):
         self._close_channel()
@@ -389,6 +412,8 @@ class Server:
               % (self, self.proc and self.proc.returncode, self.log_tail()))
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(STOP_TIMEOUT)
+        if self.kind == "ballast":
+            self.check_log_clean()
 
     def running(self):
         return self.proc is not None and self.proc.poll() is None
