@@ -82,7 +82,9 @@ void mvcc_close(mvcc *m);
 /* The raft index of the last entry applied (0 for a new store). It is written
  * in the same RocksDB write batch as the data that entry produced. */
 uint64_t mvcc_applied_index(mvcc *m);
+/* 1 for an empty store, as in etcd (the first write gets revision 2). */
 int64_t mvcc_current_revision(mvcc *m);
+/* -1 until the first compaction, as in etcd. */
 int64_t mvcc_compact_revision(mvcc *m);
 
 /* Applies the operations of the committed raft entry `index` in one write
@@ -100,10 +102,13 @@ int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h,
 int mvcc_range(mvcc *m, const Etcdserverpb__RangeRequest *req, const mvcc_header *h,
                mvcc_buf *out, mvcc_result *result);
 
-/* True when a Txn contains no write in any branch (nested included): such a
- * txn is served like a read, without a raft entry. */
+/* True when both branches of a Txn hold only Range operations: such a txn
+ * is served like a read, without a raft entry. As in etcd 3.4, a nested txn
+ * makes the txn a write even if it only reads (clients see the same
+ * result either way). */
 int mvcc_txn_is_read_only(const Etcdserverpb__TxnRequest *req);
-/* Evaluates a read-only Txn against the current state. */
+/* Evaluates a read-only Txn against the current state (a txn with writes
+ * gets MVCC_STATUS_INTERNAL: it must go through mvcc_apply). */
 int mvcc_txn_read(mvcc *m, const Etcdserverpb__TxnRequest *req, const mvcc_header *h,
                   mvcc_buf *out, mvcc_result *result);
 
@@ -114,6 +119,26 @@ int mvcc_validate_range(const Etcdserverpb__RangeRequest *req, const mvcc_limits
 int mvcc_validate_put(const Etcdserverpb__PutRequest *req, const mvcc_limits *l, mvcc_result *result);
 int mvcc_validate_delete_range(const Etcdserverpb__DeleteRangeRequest *req, const mvcc_limits *l, mvcc_result *result);
 int mvcc_validate_txn(const Etcdserverpb__TxnRequest *req, const mvcc_limits *l, mvcc_result *result);
+
+/* Leases. A put (or txn put) with a non-zero lease asks `fn` whether the
+ * lease exists (non-zero = yes); without a lookup every non-zero lease is
+ * unknown ("etcdserver: requested lease not found"). `fn` is called on the
+ * apply thread. Set it before the first mvcc_apply(). */
+typedef int (*mvcc_lease_exists_fn)(void *arg, int64_t lease_id);
+void mvcc_set_lease_lookup(mvcc *m, mvcc_lease_exists_fn fn, void *arg);
+
+/* Physical compaction. A Compaction op only records the compact revision
+ * (reads below it fail at once); a background thread then removes the old
+ * revisions in small write batches, so writes are never stalled. etcd
+ * answers a Compact with physical=true only after that removal: the caller
+ * may wait with mvcc_wait_compaction() (blocking; not on the apply thread)
+ * or be told through the callback, which runs on the compaction thread
+ * each time removal has finished up to `rev`. */
+int64_t mvcc_physical_compact_revision(mvcc *m);
+/* Returns 0 once removal has finished up to `rev`, -1 if the store closes. */
+int mvcc_wait_compaction(mvcc *m, int64_t rev);
+/* The callback must not call mvcc_close(). */
+void mvcc_set_compaction_callback(mvcc *m, void (*cb)(void *arg, int64_t rev), void *arg);
 
 /* Bytes the store occupies on disk, and an estimate of the bytes holding live
  * data (Maintenance.Status dbSize / dbSizeInUse). */

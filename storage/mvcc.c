@@ -1,0 +1,313 @@
+/*
+ * mvcc: etcd's MVCC key/value model on RocksDB.
+ *
+ * Layout (one RocksDB database, column families):
+ *
+ *   "rev"      8-byte BE main revision + 8-byte BE sub revision
+ *                -> 1 flag byte (0 put, 1 tombstone) + encoded mvccpb.KeyValue
+ *              (a tombstone's KeyValue holds only the key). Every change in
+ *              revision order: history for past reads and watch catch-up.
+ *   "index"    escaped user key (0x00 -> 00 FF) + 00 01 + BE(~main) + BE(~sub)
+ *                -> 1 flag byte (0 put, 1 tombstone).
+ *              A key's revisions sort newest first, so "the newest revision
+ *              <= R" is one seek.
+ *   "current"  user key -> encoded live KeyValue; deleted when the key is.
+ *              Reads at the current revision and puts (create revision,
+ *              version) need only this.
+ *   "meta"     applied_index, revision, compact_revision (8-byte BE each),
+ *              written in the same write batch as the entry's data;
+ *              physical_compaction (progress of the background removal).
+ *
+ * Nothing grows in memory with the number of keys or revisions.
+ *
+ * Writes go through one WriteBatchWithIndex per raft entry, so the ops of an
+ * entry read each other's writes; the batch is written with the WAL but
+ * without fsync (the raft log is the durable record; mvcc_sync() syncs).
+ * Readers take a RocksDB snapshot together with the revision numbers under
+ * `mu`, which apply holds while it writes a batch: a read sees a whole entry
+ * or none of it.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "mvcc_internal.h"
+
+static const char *const cf_names[CF_COUNT] = {"default", "meta", "rev", "index", "current"};
+
+void view_end(mvcc_view *v)
+{
+    if (v->snap)
+        rocksdb_release_snapshot(v->m->db, v->snap);
+    v->snap = NULL;
+}
+
+int view_begin(mvcc *m, mvcc_view *v)
+{
+    memset(v, 0, sizeof(*v));
+    v->m = m;
+    pthread_mutex_lock(&m->mu);
+    v->snap = rocksdb_create_snapshot(m->db);
+    v->rev = m->rev;
+    v->compact_rev = m->compact_rev;
+    pthread_mutex_unlock(&m->mu);
+    return v->snap ? 0 : -1;
+}
+
+static char *errdup(const char *what, const char *detail)
+{
+    size_t n = strlen(what) + (detail ? strlen(detail) : 0) + 3;
+    char *s = malloc(n);
+    if (s)
+        snprintf(s, n, "%s%s%s", what, detail ? ": " : "", detail ? detail : "");
+    return s;
+}
+
+static int meta_get(mvcc *m, const char *name, uint8_t *out, size_t want, bool *found)
+{
+    char *err = NULL;
+    size_t n;
+    char *v = rocksdb_get_cf(m->db, m->ro_plain, m->cf[CF_META], name, strlen(name), &n, &err);
+    if (err) {
+        free(err);
+        return -1;
+    }
+    *found = v != NULL;
+    if (v) {
+        if (n != want) {
+            free(v);
+            return -1;
+        }
+        memcpy(out, v, n);
+        free(v);
+    }
+    return 0;
+}
+
+static void tune_cf(mvcc *m, int i)
+{
+    rocksdb_options_t *o = rocksdb_options_create();
+    rocksdb_block_based_table_options_t *t = rocksdb_block_based_options_create();
+    rocksdb_block_based_options_set_block_cache(t, m->cache);
+    rocksdb_block_based_options_set_block_size(t, 16 * 1024);
+    rocksdb_block_based_options_set_cache_index_and_filter_blocks(t, 1);
+    rocksdb_block_based_options_set_pin_l0_filter_and_index_blocks_in_cache(t, 1);
+    if (i == CF_CURRENT || i == CF_REV) /* point lookups */
+        rocksdb_block_based_options_set_filter_policy(t, rocksdb_filterpolicy_create_bloom_full(10));
+    rocksdb_options_set_block_based_table_factory(o, t);
+    rocksdb_options_set_compression(o, rocksdb_lz4_compression);
+    rocksdb_options_set_level_compaction_dynamic_level_bytes(o, 1);
+    m->cf_opts[i] = o;
+    m->table_opts[i] = t;
+}
+
+int mvcc_open(const char *dir, mvcc **out, char **errmsg)
+{
+    *out = NULL;
+    if (errmsg)
+        *errmsg = NULL;
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+        if (errmsg)
+            *errmsg = errdup("mvcc: cannot create data directory", strerror(errno));
+        return -1;
+    }
+    mvcc *m = calloc(1, sizeof(*m));
+    if (!m) {
+        if (errmsg)
+            *errmsg = errdup("mvcc: out of memory", NULL);
+        return -1;
+    }
+    pthread_mutex_init(&m->mu, NULL);
+    pthread_cond_init(&m->compact_cv, NULL);
+    pthread_cond_init(&m->compact_done_cv, NULL);
+    m->cache = rocksdb_cache_create_lru(64 << 20);
+    m->db_opts = rocksdb_options_create();
+    rocksdb_options_set_create_if_missing(m->db_opts, 1);
+    rocksdb_options_set_create_missing_column_families(m->db_opts, 1);
+    rocksdb_options_set_max_background_jobs(m->db_opts, 4);
+    rocksdb_options_set_bytes_per_sync(m->db_opts, 1 << 20);
+    rocksdb_options_set_max_open_files(m->db_opts, 1024);
+    /* Bound memtable memory across all families, and keep the WAL from
+     * growing when one family is written rarely (its memtable pins logs). */
+    rocksdb_options_set_db_write_buffer_size(m->db_opts, 128 << 20);
+    rocksdb_options_set_max_total_wal_size(m->db_opts, 256 << 20);
+    for (int i = 0; i < CF_COUNT; i++)
+        tune_cf(m, i);
+    m->wo = rocksdb_writeoptions_create();
+    rocksdb_writeoptions_set_sync(m->wo, 0);
+    m->ro_plain = rocksdb_readoptions_create();
+    m->wb = rocksdb_writebatch_wi_create(1 << 16, 1);
+
+    char *err = NULL;
+    m->db = rocksdb_open_column_families(m->db_opts, dir, CF_COUNT, cf_names,
+                                         (const rocksdb_options_t *const *)m->cf_opts,
+                                         m->cf, &err);
+    if (err) {
+        if (errmsg)
+            *errmsg = errdup("mvcc: cannot open RocksDB", err);
+        free(err);
+        m->db = NULL;
+        mvcc_close(m);
+        return -1;
+    }
+
+    uint8_t b[8 + REVKEY_LEN];
+    bool found;
+    m->rev = 1; /* an empty etcd store is at revision 1 */
+    m->compact_rev = -1;
+    if (meta_get(m, META_APPLIED, b, 8, &found))
+        goto bad_meta;
+    if (found)
+        m->applied_index = be64_decode(b);
+    if (meta_get(m, META_REV, b, 8, &found))
+        goto bad_meta;
+    if (found)
+        m->rev = (int64_t)be64_decode(b);
+    if (meta_get(m, META_COMPACT, b, 8, &found))
+        goto bad_meta;
+    if (found)
+        m->compact_rev = (int64_t)be64_decode(b);
+    m->phys_done = -1;
+    revkey_make(m->phys_pos, 0, 0);
+    if (meta_get(m, META_PHYS, b, sizeof(b), &found))
+        goto bad_meta;
+    if (found) {
+        m->phys_done = (int64_t)be64_decode(b);
+        memcpy(m->phys_pos, b + 8, REVKEY_LEN);
+    }
+    if (compactor_start(m)) {
+        if (errmsg)
+            *errmsg = errdup("mvcc: cannot start the compaction thread", NULL);
+        mvcc_close(m);
+        return -1;
+    }
+    *out = m;
+    return 0;
+bad_meta:
+    if (errmsg)
+        *errmsg = errdup("mvcc: cannot read the meta records (corrupt store?)", NULL);
+    mvcc_close(m);
+    return -1;
+}
+
+void mvcc_close(mvcc *m)
+{
+    if (!m)
+        return;
+    compactor_stop(m);
+    if (m->db) {
+        for (int i = 0; i < CF_COUNT; i++)
+            if (m->cf[i])
+                rocksdb_column_family_handle_destroy(m->cf[i]);
+        rocksdb_close(m->db);
+    }
+    if (m->wb)
+        rocksdb_writebatch_wi_destroy(m->wb);
+    if (m->wo)
+        rocksdb_writeoptions_destroy(m->wo);
+    if (m->ro_plain)
+        rocksdb_readoptions_destroy(m->ro_plain);
+    for (int i = 0; i < CF_COUNT; i++) {
+        if (m->cf_opts[i])
+            rocksdb_options_destroy(m->cf_opts[i]);
+        if (m->table_opts[i])
+            rocksdb_block_based_options_destroy(m->table_opts[i]);
+    }
+    if (m->db_opts)
+        rocksdb_options_destroy(m->db_opts);
+    if (m->cache)
+        rocksdb_cache_destroy(m->cache);
+    rows_free(&m->rows);
+    free(m->scratch.data);
+    free(m->scratch2.data);
+    free(m->path);
+    pthread_cond_destroy(&m->compact_cv);
+    pthread_cond_destroy(&m->compact_done_cv);
+    pthread_mutex_destroy(&m->mu);
+    free(m);
+}
+
+uint64_t mvcc_applied_index(mvcc *m)
+{
+    pthread_mutex_lock(&m->mu);
+    uint64_t v = m->applied_index;
+    pthread_mutex_unlock(&m->mu);
+    return v;
+}
+
+int64_t mvcc_current_revision(mvcc *m)
+{
+    pthread_mutex_lock(&m->mu);
+    int64_t v = m->rev;
+    pthread_mutex_unlock(&m->mu);
+    return v;
+}
+
+int64_t mvcc_compact_revision(mvcc *m)
+{
+    pthread_mutex_lock(&m->mu);
+    int64_t v = m->compact_rev;
+    pthread_mutex_unlock(&m->mu);
+    return v;
+}
+
+void mvcc_set_lease_lookup(mvcc *m, mvcc_lease_exists_fn fn, void *arg)
+{
+    m->lease_exists = fn;
+    m->lease_arg = arg;
+}
+
+int mvcc_range(mvcc *m, const Etcdserverpb__RangeRequest *req, const mvcc_header *h,
+               mvcc_buf *out, mvcc_result *result)
+{
+    mvcc_view v;
+    range_rows *rows = reader_rows(NULL, NULL);
+    size_t start = out->len;
+    int rc = rows ? view_begin(m, &v) : -1;
+    if (rc == 0)
+        rc = range_request(&v, req, h, true, rows, out, result);
+    if (rows) {
+        view_end(&v);
+        reader_rows_done(rows);
+    }
+    if (rc) {
+        out->len = start;
+        result_error(result, MVCC_STATUS_INTERNAL, "etcdserver: storage read failed");
+    }
+    return rc;
+}
+
+static int64_t cf_prop(mvcc *m, int cf, const char *name)
+{
+    char *s = rocksdb_property_value_cf(m->db, m->cf[cf], name);
+    int64_t v = s ? strtoll(s, NULL, 10) : 0;
+    free(s);
+    return v;
+}
+
+void mvcc_db_size(mvcc *m, int64_t *size, int64_t *size_in_use)
+{
+    int64_t total = 0, live = 0;
+    for (int i = 0; i < CF_COUNT; i++) {
+        int64_t mem = cf_prop(m, i, "rocksdb.cur-size-all-mem-tables");
+        total += cf_prop(m, i, "rocksdb.total-sst-files-size") + mem;
+        live += cf_prop(m, i, "rocksdb.estimate-live-data-size") + mem;
+    }
+    if (live > total)
+        live = total;
+    *size = total;
+    *size_in_use = live;
+}
+
+int mvcc_sync(mvcc *m)
+{
+    char *err = NULL;
+    rocksdb_flush_wal(m->db, 1, &err);
+    if (err) {
+        free(err);
+        return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,206 @@
+/*
+ * Internals shared by the mvcc_*.c files; not part of the module's interface.
+ */
+#ifndef BALLAST_STORAGE_MVCC_INTERNAL_H
+#define BALLAST_STORAGE_MVCC_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <rocksdb/c.h>
+
+#include "kv.pb-c.h"
+#include "mvcc.h"
+
+/* etcd's error texts (rpctypes) with their gRPC codes. */
+#define ERR_EMPTY_KEY "etcdserver: key is not provided"
+#define ERR_KEY_NOT_FOUND "etcdserver: key not found"
+#define ERR_VALUE_PROVIDED "etcdserver: value is provided"
+#define ERR_LEASE_PROVIDED "etcdserver: lease is provided"
+#define ERR_TOO_MANY_OPS "etcdserver: too many operations in txn request"
+#define ERR_DUPLICATE_KEY "etcdserver: duplicate key given in txn request"
+#define ERR_COMPACTED "etcdserver: mvcc: required revision has been compacted"
+#define ERR_FUTURE_REV "etcdserver: mvcc: required revision is a future revision"
+#define ERR_LEASE_NOT_FOUND "etcdserver: requested lease not found"
+
+/* Flag byte in front of every "rev" value and as the whole "index" value. */
+#define REC_PUT 0
+#define REC_TOMBSTONE 1
+
+#define REVKEY_LEN 16
+
+/* A KeyValue decoded without copying: the pointers refer into the encoded
+ * bytes it was parsed from. */
+typedef struct kvv {
+    const uint8_t *key;
+    size_t key_len;
+    int64_t create_rev;
+    int64_t mod_rev;
+    int64_t version;
+    const uint8_t *value;
+    size_t value_len;
+    int64_t lease;
+} kvv;
+
+/* ---- mvcc_codec.c: buffers, protobuf wire encoding, key encodings ---- */
+
+int buf_reserve(mvcc_buf *b, size_t extra);
+int buf_put(mvcc_buf *b, const void *p, size_t n);
+int pb_varint(mvcc_buf *b, uint64_t v);
+int pb_tag(mvcc_buf *b, uint32_t field, uint32_t wire_type);
+/* Fields as proto3 writes them: zero / empty values are left out. */
+int pb_uint_field(mvcc_buf *b, uint32_t field, uint64_t v);
+int pb_bool_field(mvcc_buf *b, uint32_t field, bool v);
+int pb_bytes_field(mvcc_buf *b, uint32_t field, const void *p, size_t n);
+/* A length-delimited submessage: begin returns a mark (or (size_t)-1 when
+ * out of memory); end fills in the length once the content is written. */
+size_t pb_msg_begin(mvcc_buf *b, uint32_t field);
+int pb_msg_end(mvcc_buf *b, size_t mark);
+/* A submessage that is always present, even when empty. */
+int pb_header(mvcc_buf *b, uint32_t field, const mvcc_header *h, int64_t rev);
+
+int kv_parse(const uint8_t *p, size_t n, kvv *out);
+int kv_encode(mvcc_buf *b, const kvv *kv, bool keys_only);
+/* The same KeyValue as a length-delimited field `field`. */
+int kv_field(mvcc_buf *b, uint32_t field, const kvv *kv, bool keys_only);
+
+void revkey_make(uint8_t out[REVKEY_LEN], int64_t main, int64_t sub);
+void revkey_parse(const uint8_t *p, int64_t *main, int64_t *sub);
+
+/* Index keys: escaped user key, terminator, then the inverted revision so
+ * that a key's newest revision sorts first. */
+int idxkey_prefix(mvcc_buf *b, const uint8_t *key, size_t n);      /* escaped key only */
+int idxkey_key_start(mvcc_buf *b, const uint8_t *key, size_t n);   /* + terminator */
+int idxkey_key_after(mvcc_buf *b, const uint8_t *key, size_t n);   /* past all of key */
+int idxkey_make(mvcc_buf *b, const uint8_t *key, size_t n, int64_t main, int64_t sub);
+/* Splits an index key; the user key is unescaped into `key_out` (reset). */
+int idxkey_parse(const uint8_t *p, size_t n, mvcc_buf *key_out, int64_t *main, int64_t *sub);
+
+/* ---- the store ---- */
+
+/* Result rows of a range: the encoded KeyValues live in `arena`. */
+typedef struct range_rows {
+    mvcc_buf arena;
+    size_t *off;
+    size_t *len;
+    kvv *kvs;
+    size_t n, cap;
+    int64_t count;
+} range_rows;
+
+enum { CF_DEFAULT, CF_META, CF_REV, CF_INDEX, CF_CURRENT, CF_COUNT };
+
+struct mvcc {
+    rocksdb_t *db;
+    rocksdb_column_family_handle_t *cf[CF_COUNT];
+    rocksdb_options_t *db_opts;
+    rocksdb_options_t *cf_opts[CF_COUNT];
+    rocksdb_block_based_table_options_t *table_opts[CF_COUNT];
+    rocksdb_cache_t *cache;
+    rocksdb_writeoptions_t *wo;
+    rocksdb_readoptions_t *ro_plain;
+
+    /* Committed state, read by any thread under `mu`. A reader takes a
+     * RocksDB snapshot while holding `mu`, so the numbers and the data it
+     * sees belong to the same applied entry. */
+    pthread_mutex_t mu;
+    uint64_t applied_index;
+    int64_t rev;
+    int64_t compact_rev;
+
+    /* Apply-thread state (the lease lookup too). */
+    rocksdb_writebatch_wi_t *wb;
+    mvcc_buf scratch;           /* keys and values built while applying */
+    mvcc_buf scratch2;
+    range_rows rows;            /* rows read while applying */
+    bool *path;                 /* compare outcomes of the txn being applied */
+    size_t path_cap;
+    mvcc_lease_exists_fn lease_exists;
+    void *lease_arg;
+
+    /* Physical compaction (background thread). */
+    pthread_t compactor;
+    bool compactor_started;
+    bool stopping;
+    pthread_cond_t compact_cv;      /* work to do / stop */
+    pthread_cond_t compact_done_cv; /* progress made */
+    int64_t phys_done;              /* removal finished through this rev */
+    uint8_t phys_pos[REVKEY_LEN];   /* resume position in "rev" */
+    void (*compact_cb)(void *arg, int64_t rev);
+    void *compact_cb_arg;
+};
+
+/* A consistent view to read from: either a snapshot of committed data
+ * (wb == NULL) or, during apply, the committed data plus the entry's own
+ * uncommitted writes. */
+typedef struct mvcc_view {
+    mvcc *m;
+    const rocksdb_snapshot_t *snap;
+    rocksdb_writebatch_wi_t *wb;
+    int64_t rev;          /* what revision 0 means: the view's current revision */
+    int64_t compact_rev;
+} mvcc_view;
+
+/* ---- mvcc.c ---- */
+
+/* A snapshot view of the committed state; end it with view_end. */
+int view_begin(mvcc *m, mvcc_view *v);
+void view_end(mvcc_view *v);
+/* Meta records, big-endian. */
+#define META_APPLIED "applied_index"
+#define META_REV "revision"
+#define META_COMPACT "compact_revision"
+#define META_PHYS "physical_compaction"
+void be64_encode(uint8_t *out, uint64_t v);
+uint64_t be64_decode(const uint8_t *p);
+
+/* ---- mvcc_compact.c ---- */
+
+int compactor_start(mvcc *m);
+void compactor_stop(mvcc *m);
+/* Called after an entry that raised the compact revision is committed. */
+void compactor_kick(mvcc *m);
+
+/* ---- mvcc_read.c ---- */
+
+void rows_reset(range_rows *r);
+void rows_free(range_rows *r);
+/* The calling thread's reusable rows (and txn path buffer, if asked), for
+ * reads outside apply; give them back with reader_rows_done. */
+range_rows *reader_rows(bool ***path, size_t **path_cap);
+void reader_rows_done(range_rows *r);
+
+/* Collects [key, end) at revision `at` (0 = the view's revision). `end`
+ * follows etcd: NULL/empty = the single key, "\0" = every key >= key.
+ * `limit` 0 = all. When count_only, only r->count is filled. Returns 0 or
+ * -1 on a store error. */
+int view_range(mvcc_view *v, const uint8_t *key, size_t key_len,
+               const uint8_t *end, size_t end_len, int64_t at, int64_t limit,
+               bool count_only, range_rows *r);
+/* The live KeyValue of one key at the view's revision: 1 found (row added to
+ * r, parsed in r->kvs[r->n-1]), 0 absent, -1 store error. */
+int view_get(mvcc_view *v, const uint8_t *key, size_t key_len, range_rows *r);
+
+/* Full RangeRequest semantics (revision checks, filters, sort, limit,
+ * keys_only, count_only), writing a RangeResponse to `out`. `top` selects a
+ * full header (top-level response) or a revision-only one (inside a txn).
+ * Returns 0, or -1 on a store error; client errors go into *res. */
+int range_request(mvcc_view *v, const Etcdserverpb__RangeRequest *req,
+                  const mvcc_header *h, bool top, range_rows *rows,
+                  mvcc_buf *out, mvcc_result *res);
+
+/* ---- mvcc_sort.c ---- */
+
+typedef bool (*kv_less)(const kvv *a, const kvv *b);
+/* Orders idx[0..n-1] (rows of kvs) exactly as Go's sort.Sort would, with
+ * `less` reversed when descending, as sort.Reverse does. */
+void sort_like_go(size_t *idx, size_t n, const kvv *kvs, kv_less less, bool descend);
+
+/* Evaluates the compares of a txn: 1 true, 0 false, -1 store error. */
+int compares_hold(mvcc_view *v, Etcdserverpb__Compare **cmp, size_t n, range_rows *rows);
+
+void result_error(mvcc_result *res, int status, const char *msg);
+
+#endif
