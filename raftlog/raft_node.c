@@ -583,7 +583,7 @@ int raft_node_start(const raft_node_config *cfg, raft_node **out, char **errmsg)
 
     rv = raft_start(&n->raft);
     if (rv != 0)
-        return fail_start(n, errmsg, "raft start: %s", raft_errmsg(&n->raft));
+        return fail_start(n, errmsg, "raft start: %s (%s)", raft_strerror(rv), raft_errmsg(&n->raft));
     publish_status(n);
     if (pthread_create(&n->thread, NULL, loop_main, n) != 0)
         return fail_start(n, errmsg, "cannot start the raft thread");
