@@ -5,6 +5,7 @@
 #ifndef BALLAST_SERVER_BALLAST_H
 #define BALLAST_SERVER_BALLAST_H
 
+#include <pthread.h>
 #include <stdint.h>
 
 #include "config.h"
@@ -17,6 +18,8 @@
  * clients use it to decide which API they may call. */
 #define BALLAST_ETCD_VERSION "3.4.23"
 
+struct compact_wait;
+
 typedef struct ballast_server {
     const ballast_config *cfg;
     uint64_t cluster_id;
@@ -24,6 +27,10 @@ typedef struct ballast_server {
     mvcc *store;
     raft_node *node;
     mvcc_limits limits;
+    /* Compact calls with physical=true, answered once the store has removed
+     * the old revisions (guarded by compact_mu). */
+    pthread_mutex_t compact_mu;
+    struct compact_wait *compact_waiters;
 } ballast_server;
 
 /* The header fields of every response, for this member now. */
@@ -39,6 +46,11 @@ size_t kv_service_methods(ballast_server *b, rpc_method *out);
 size_t maintenance_service_methods(ballast_server *b, rpc_method *out);
 size_t cluster_service_methods(ballast_server *b, rpc_method *out);
 size_t lease_service_methods(ballast_server *b, rpc_method *out);
+
+/* Sets up the KV service's state (before serving) and answers what still
+ * waits at shutdown (after the raft node has stopped). */
+void kv_service_init(ballast_server *b);
+void kv_service_stop(ballast_server *b);
 
 /* The raft node's callbacks: answer the waiting call. */
 void kv_service_op_done(void *ctx, const mvcc_result *res, const uint8_t *resp_base, void *arg);

@@ -3,6 +3,7 @@
  * the store on the calling thread when they may be (serializable, or
  * linearizable without a barrier), else after a shared raft barrier. */
 #include <stdlib.h>
+#include <string.h>
 
 #include "ballast.h"
 
@@ -126,18 +127,116 @@ static void kv_range(rpc_call *call, const uint8_t *data, size_t len, void *arg)
 /* Checks a write's size like etcd does and hands its bytes to raft. */
 static void propose(ballast_server *b, rpc_call *call, batch_op_type type, const uint8_t *data, size_t len)
 {
+    const char *error = NULL;
+    grpc_status_code code = GRPC_STATUS_OK;
     if (raft_request_size(len) > b->limits.max_request_bytes) {
-        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, ERR_TOO_LARGE);
-        return;
+        code = GRPC_STATUS_INVALID_ARGUMENT;
+        error = ERR_TOO_LARGE;
+    } else if (raft_node_submit(b->node, type, data, len, call) != 0) {
+        code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+        error = "etcdserver: out of memory";
     }
-    if (raft_node_submit(b->node, type, data, len, call) != 0)
-        rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "etcdserver: out of memory");
+    if (error) {
+        /* A write's call data is only ever a physical Compact's revision. */
+        free(rpc_call_data(call));
+        rpc_call_set_data(call, NULL);
+        rpc_fail(call, code, error);
+    }
 }
 
+/* A Compact with physical=true, waiting for the store to remove the old
+ * revisions before it is answered. */
+typedef struct compact_wait {
+    struct compact_wait *next;
+    rpc_call *call;
+    int64_t revision;
+    size_t len;
+    uint8_t resp[]; /* the CompactionResponse */
+} compact_wait;
+
+/* Runs on the store's compaction thread. */
+static void on_compacted(void *arg, int64_t rev)
+{
+    ballast_server *b = arg;
+    compact_wait *ready = NULL;
+    pthread_mutex_lock(&b->compact_mu);
+    for (compact_wait **p = &b->compact_waiters; *p;) {
+        compact_wait *w = *p;
+        if (w->revision <= rev) {
+            *p = w->next;
+            w->next = ready;
+            ready = w;
+        } else {
+            p = &w->next;
+        }
+    }
+    pthread_mutex_unlock(&b->compact_mu);
+    while (ready) {
+        compact_wait *w = ready;
+        ready = w->next;
+        rpc_reply(w->call, w->resp, w->len);
+        free(w);
+    }
+}
+
+void kv_service_init(ballast_server *b)
+{
+    pthread_mutex_init(&b->compact_mu, NULL);
+    b->compact_waiters = NULL;
+    mvcc_set_compaction_callback(b->store, on_compacted, b);
+}
+
+void kv_service_stop(ballast_server *b)
+{
+    pthread_mutex_lock(&b->compact_mu);
+    compact_wait *w = b->compact_waiters;
+    b->compact_waiters = NULL;
+    pthread_mutex_unlock(&b->compact_mu);
+    while (w) {
+        compact_wait *next = w->next;
+        rpc_fail(w->call, GRPC_STATUS_UNAVAILABLE, "etcdserver: server stopped");
+        free(w);
+        w = next;
+    }
+}
+
+/* The op was applied: a physical Compact waits for the removal, everything
+ * else is answered now. */
 void kv_service_op_done(void *ctx, const mvcc_result *res, const uint8_t *resp_base, void *arg)
 {
-    (void)arg;
-    ballast_reply_result(ctx, res, resp_base);
+    ballast_server *b = arg;
+    rpc_call *call = ctx;
+    int64_t *physical_rev = rpc_call_data(call);
+    if (!physical_rev) {
+        ballast_reply_result(call, res, resp_base);
+        return;
+    }
+    rpc_call_set_data(call, NULL);
+    int64_t rev = *physical_rev;
+    free(physical_rev);
+    if (res->status != MVCC_STATUS_OK) {
+        ballast_reply_result(call, res, resp_base);
+        return;
+    }
+    compact_wait *w = malloc(sizeof *w + res->len);
+    if (!w) {
+        rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "etcdserver: out of memory");
+        return;
+    }
+    w->call = call;
+    w->revision = rev;
+    w->len = res->len;
+    memcpy(w->resp, resp_base + res->off, res->len);
+    pthread_mutex_lock(&b->compact_mu);
+    if (mvcc_physical_compact_revision(b->store) >= rev) {
+        pthread_mutex_unlock(&b->compact_mu);
+        rpc_reply(call, w->resp, w->len);
+        free(w);
+        return;
+    }
+    w->next = b->compact_waiters;
+    b->compact_waiters = w;
+    pthread_mutex_unlock(&b->compact_mu);
 }
 
 static void kv_put(rpc_call *call, const uint8_t *data, size_t len, void *arg)
@@ -203,6 +302,16 @@ static void kv_compact(rpc_call *call, const uint8_t *data, size_t len, void *ar
     if (!r) {
         rpc_fail(call, GRPC_STATUS_INTERNAL, BALLAST_ERR_MALFORMED);
         return;
+    }
+    if (r->physical) {
+        int64_t *rev = malloc(sizeof *rev);
+        if (!rev) {
+            etcdserverpb__compaction_request__free_unpacked(r, NULL);
+            rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "etcdserver: out of memory");
+            return;
+        }
+        *rev = r->revision;
+        rpc_call_set_data(call, rev);
     }
     etcdserverpb__compaction_request__free_unpacked(r, NULL);
     propose(b, call, BATCH_OP_COMPACTION, data, len);

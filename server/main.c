@@ -88,6 +88,8 @@ int main(int argc, char **argv, char **envp)
     if (mvcc_open(id.kv_dir, &b.store, &err) != 0)
         die("cannot open the key-value store", err);
 
+    kv_service_init(&b);
+
     raft_node_peer *peers = calloc(cfg.n_initial_cluster ? cfg.n_initial_cluster : 1, sizeof *peers);
     char (*peer_addr)[300] = calloc(cfg.n_initial_cluster ? cfg.n_initial_cluster : 1, sizeof *peer_addr);
     for (size_t i = 0; i < cfg.n_initial_cluster; i++) {
@@ -169,7 +171,7 @@ int main(int argc, char **argv, char **envp)
          * answers "request is too large" itself in between. */
         .max_receive_bytes = cfg.max_request_bytes + 512 * 1024,
     };
-    rpc_server *rpc = rpc_server_create(&ro, methods, n_methods, &err);
+    rpc_server *rpc = rpc_server_create(&ro, methods, n_methods, NULL, 0, &err);
     if (!rpc)
         die("cannot serve clients", err);
     rpc_server_start(rpc);
@@ -193,6 +195,7 @@ int main(int argc, char **argv, char **envp)
     metrics_http_stop(metrics);
     rpc_server_begin_shutdown(rpc);
     raft_node_stop(b.node); /* answers every call still waiting for raft */
+    kv_service_stop(&b);
     rpc_server_finish_shutdown(rpc);
     rpc_server_destroy(rpc);
     grpc_shutdown();

@@ -13,6 +13,7 @@
 
 #define DEFAULT_BACKLOG 8
 #define GENERIC_BACKLOG 2
+#define STREAM_BACKLOG 4
 
 /* Every completion-queue tag starts with this: the queue thread calls fn. */
 typedef struct tag {
@@ -31,12 +32,19 @@ typedef struct registered {
     void *handle;
 } registered;
 
+typedef struct registered_stream {
+    rpc_stream_method m;
+    void *handle;
+} registered_stream;
+
 struct rpc_server {
     grpc_server *server;
     rpc_queue *queues;
     unsigned n_queues;
     registered *methods;
     size_t n_methods;
+    registered_stream *streams;
+    size_t n_streams;
     int shutting_down;
     grpc_completion_queue *shutdown_cq;
 };
@@ -76,6 +84,7 @@ typedef struct generic_call {
 
 static void post_call(rpc_server *s, rpc_queue *q, registered *m);
 static void post_generic(rpc_server *s, rpc_queue *q);
+static void post_stream(rpc_server *s, rpc_queue *q, registered_stream *m);
 
 /* ---- unary calls ---- */
 
@@ -267,6 +276,286 @@ static void post_generic(rpc_server *s, rpc_queue *q)
         generic_free(g);
 }
 
+/* ---- streams ---- */
+
+typedef struct out_msg {
+    struct out_msg *next;
+    grpc_byte_buffer *buf;
+    size_t len;
+} out_msg;
+
+struct rpc_stream {
+    tag requested;
+    tag recv_done;
+    tag send_done;
+    tag close_done;
+    rpc_server *server;
+    rpc_queue *queue;
+    registered_stream *method;
+    grpc_call *call;
+    gpr_timespec deadline;
+    grpc_metadata_array md;
+    grpc_byte_buffer *recv_buf;
+    int cancelled;
+    void *data;
+
+    pthread_mutex_t mu;
+    int refs;             /* outstanding batches + the handler's reference */
+    out_msg *head, *tail; /* queued, not yet handed to gRPC */
+    size_t backlog;
+    int sending;          /* a SEND_MESSAGE or SEND_STATUS batch is in flight */
+    int finishing;        /* rpc_stream_finish was called */
+    int status_sent;
+    int done;             /* RECV_CLOSE_ON_SERVER completed */
+    grpc_status_code status;
+    grpc_slice status_details;
+    int have_details;
+    grpc_byte_buffer *in_flight; /* the message being sent */
+};
+
+static void stream_unref(rpc_stream *st)
+{
+    pthread_mutex_lock(&st->mu);
+    int last = --st->refs == 0;
+    pthread_mutex_unlock(&st->mu);
+    if (!last)
+        return;
+    while (st->head) {
+        out_msg *m = st->head;
+        st->head = m->next;
+        grpc_byte_buffer_destroy(m->buf);
+        free(m);
+    }
+    if (st->in_flight)
+        grpc_byte_buffer_destroy(st->in_flight);
+    if (st->recv_buf)
+        grpc_byte_buffer_destroy(st->recv_buf);
+    if (st->have_details)
+        grpc_slice_unref(st->status_details);
+    grpc_metadata_array_destroy(&st->md);
+    if (st->call)
+        grpc_call_unref(st->call);
+    pthread_mutex_destroy(&st->mu);
+    free(st);
+}
+
+/* Starts the next send if none is in flight. Called with mu held. */
+static void stream_pump_locked(rpc_stream *st)
+{
+    if (st->sending || st->done || st->status_sent)
+        return;
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    if (st->head) {
+        out_msg *m = st->head;
+        st->head = m->next;
+        if (!st->head)
+            st->tail = NULL;
+        st->backlog -= m->len;
+        st->in_flight = m->buf;
+        free(m);
+        op.op = GRPC_OP_SEND_MESSAGE;
+        op.data.send_message.send_message = st->in_flight;
+    } else if (st->finishing) {
+        op.op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+        op.data.send_status_from_server.status = st->status;
+        if (st->have_details)
+            op.data.send_status_from_server.status_details = &st->status_details;
+        st->status_sent = 1;
+    } else {
+        return;
+    }
+    st->sending = 1;
+    st->refs++;
+    if (grpc_call_start_batch(st->call, &op, 1, &st->send_done, NULL) != GRPC_CALL_OK) {
+        /* The call is broken: drop what is queued; close_done will follow. */
+        st->sending = 0;
+        st->refs--;
+        st->status_sent = 1;
+    }
+}
+
+static void on_stream_send_done(tag *t, int ok)
+{
+    rpc_stream *st = (rpc_stream *)((char *)t - offsetof(rpc_stream, send_done));
+    pthread_mutex_lock(&st->mu);
+    st->sending = 0;
+    if (st->in_flight) {
+        grpc_byte_buffer_destroy(st->in_flight);
+        st->in_flight = NULL;
+    }
+    if (ok)
+        stream_pump_locked(st);
+    pthread_mutex_unlock(&st->mu);
+    stream_unref(st);
+}
+
+int rpc_stream_send(rpc_stream *st, const uint8_t *msg, size_t len)
+{
+    out_msg *m = malloc(sizeof *m);
+    if (!m)
+        return -1;
+    grpc_slice slice = grpc_slice_from_copied_buffer((const char *)msg, len);
+    m->buf = grpc_raw_byte_buffer_create(&slice, 1);
+    grpc_slice_unref(slice);
+    m->len = len;
+    m->next = NULL;
+    pthread_mutex_lock(&st->mu);
+    if (st->finishing || st->done) {
+        pthread_mutex_unlock(&st->mu);
+        grpc_byte_buffer_destroy(m->buf);
+        free(m);
+        return -1;
+    }
+    if (st->tail)
+        st->tail->next = m;
+    else
+        st->head = m;
+    st->tail = m;
+    st->backlog += len;
+    stream_pump_locked(st);
+    pthread_mutex_unlock(&st->mu);
+    return 0;
+}
+
+size_t rpc_stream_backlog(rpc_stream *st)
+{
+    pthread_mutex_lock(&st->mu);
+    size_t b = st->backlog;
+    pthread_mutex_unlock(&st->mu);
+    return b;
+}
+
+void rpc_stream_finish(rpc_stream *st, grpc_status_code code, const char *message)
+{
+    pthread_mutex_lock(&st->mu);
+    if (!st->finishing) {
+        st->finishing = 1;
+        st->status = code;
+        if (message) {
+            st->status_details = grpc_slice_from_copied_string(message);
+            st->have_details = 1;
+        }
+        stream_pump_locked(st);
+    }
+    pthread_mutex_unlock(&st->mu);
+}
+
+void rpc_stream_set_data(rpc_stream *st, void *data)
+{
+    st->data = data;
+}
+
+void *rpc_stream_data(rpc_stream *st)
+{
+    return st->data;
+}
+
+void rpc_stream_release(rpc_stream *st)
+{
+    stream_unref(st);
+}
+
+static void stream_start_recv(rpc_stream *st)
+{
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_RECV_MESSAGE;
+    op.data.recv_message.recv_message = &st->recv_buf;
+    pthread_mutex_lock(&st->mu);
+    st->refs++;
+    pthread_mutex_unlock(&st->mu);
+    if (grpc_call_start_batch(st->call, &op, 1, &st->recv_done, NULL) != GRPC_CALL_OK)
+        stream_unref(st);
+}
+
+static void on_stream_recv_done(tag *t, int ok)
+{
+    rpc_stream *st = (rpc_stream *)((char *)t - offsetof(rpc_stream, recv_done));
+    const rpc_stream_handler *h = st->method->m.handler;
+    void *arg = st->method->m.arg;
+    pthread_mutex_lock(&st->mu);
+    int done = st->done;
+    pthread_mutex_unlock(&st->mu);
+    if (!ok || !st->recv_buf) {
+        if (ok && !done && h->on_recv_end)
+            h->on_recv_end(st, arg);
+    } else {
+        grpc_byte_buffer_reader reader;
+        grpc_byte_buffer *buf = st->recv_buf;
+        st->recv_buf = NULL;
+        if (grpc_byte_buffer_reader_init(&reader, buf)) {
+            grpc_slice slice = grpc_byte_buffer_reader_readall(&reader);
+            grpc_byte_buffer_reader_destroy(&reader);
+            if (!done)
+                h->on_message(st, GRPC_SLICE_START_PTR(slice), GRPC_SLICE_LENGTH(slice), arg);
+            grpc_slice_unref(slice);
+        }
+        grpc_byte_buffer_destroy(buf);
+        if (!done)
+            stream_start_recv(st);
+    }
+    stream_unref(st);
+}
+
+static void on_stream_close_done(tag *t, int ok)
+{
+    (void)ok;
+    rpc_stream *st = (rpc_stream *)((char *)t - offsetof(rpc_stream, close_done));
+    pthread_mutex_lock(&st->mu);
+    st->done = 1;
+    pthread_mutex_unlock(&st->mu);
+    st->method->m.handler->on_done(st, st->cancelled, st->method->m.arg);
+    stream_unref(st);
+}
+
+static void on_stream_requested(tag *t, int ok)
+{
+    rpc_stream *st = (rpc_stream *)((char *)t - offsetof(rpc_stream, requested));
+    if (!ok) {
+        stream_unref(st);
+        return;
+    }
+    post_stream(st->server, st->queue, st->method);
+    /* refs: the handler's, close_done's (taken here) and recv's (below). */
+    grpc_op ops[2];
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[1].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    ops[1].data.recv_close_on_server.cancelled = &st->cancelled;
+    st->refs++;
+    if (grpc_call_start_batch(st->call, ops, 2, &st->close_done, NULL) != GRPC_CALL_OK) {
+        fprintf(stderr, "ballast warn rpc: cannot start stream %s\n", st->method->m.path);
+        st->refs -= 2;
+        stream_unref(st);
+        return;
+    }
+    st->method->m.handler->on_open(st, st->method->m.arg);
+    stream_start_recv(st);
+}
+
+static void post_stream(rpc_server *s, rpc_queue *q, registered_stream *m)
+{
+    if (__atomic_load_n(&s->shutting_down, __ATOMIC_ACQUIRE))
+        return;
+    rpc_stream *st = calloc(1, sizeof *st);
+    if (!st)
+        return;
+    st->requested.fn = on_stream_requested;
+    st->recv_done.fn = on_stream_recv_done;
+    st->send_done.fn = on_stream_send_done;
+    st->close_done.fn = on_stream_close_done;
+    st->server = s;
+    st->queue = q;
+    st->method = m;
+    st->refs = 1; /* the handler's reference, released by rpc_stream_release */
+    pthread_mutex_init(&st->mu, NULL);
+    grpc_metadata_array_init(&st->md);
+    if (grpc_server_request_registered_call(s->server, m->handle, &st->call, &st->deadline, &st->md,
+                                            NULL, q->cq, q->cq, &st->requested) != GRPC_CALL_OK)
+        stream_unref(st);
+}
+
 /* ---- threads and life cycle ---- */
 
 static void *queue_main(void *arg)
@@ -283,7 +572,7 @@ static void *queue_main(void *arg)
 }
 
 rpc_server *rpc_server_create(const rpc_options *opt, const rpc_method *methods, size_t n_methods,
-                              char **errmsg)
+                              const rpc_stream_method *streams, size_t n_streams, char **errmsg)
 {
     rpc_server *s = calloc(1, sizeof *s);
     s->n_queues = opt->threads ? opt->threads : (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
@@ -318,6 +607,13 @@ rpc_server *rpc_server_create(const rpc_options *opt, const rpc_method *methods,
         s->methods[i].handle = grpc_server_register_method(
             s->server, methods[i].path, NULL, GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
     }
+    s->streams = calloc(n_streams ? n_streams : 1, sizeof *s->streams);
+    s->n_streams = n_streams;
+    for (size_t i = 0; i < n_streams; i++) {
+        s->streams[i].m = streams[i];
+        s->streams[i].handle =
+            grpc_server_register_method(s->server, streams[i].path, NULL, GRPC_SRM_PAYLOAD_NONE, 0);
+    }
     grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
     for (size_t i = 0; i < opt->n_listen; i++) {
         if (grpc_server_add_http2_port(s->server, opt->listen[i], creds) == 0) {
@@ -343,6 +639,9 @@ void rpc_server_start(rpc_server *s)
             for (unsigned k = 0; k < backlog; k++)
                 post_call(s, q, &s->methods[m]);
         }
+        for (size_t m = 0; m < s->n_streams; m++)
+            for (unsigned k = 0; k < STREAM_BACKLOG; k++)
+                post_stream(s, q, &s->streams[m]);
         for (unsigned k = 0; k < GENERIC_BACKLOG; k++)
             post_generic(s, q);
         pthread_create(&q->thread, NULL, queue_main, q);
@@ -378,5 +677,6 @@ void rpc_server_destroy(rpc_server *s)
         grpc_completion_queue_destroy(s->queues[i].cq);
     free(s->queues);
     free(s->methods);
+    free(s->streams);
     free(s);
 }

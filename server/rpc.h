@@ -30,6 +30,41 @@ typedef struct rpc_method {
     unsigned backlog;          /* requests kept posted per thread (0: a default) */
 } rpc_method;
 
+/* ---- bidirectional and server streams ----
+ *
+ * A stream method's handler gets callbacks on a completion-queue thread, one
+ * at a time per stream: on_open once, on_message for each client message,
+ * on_recv_end when the client will send no more, and on_done once when the
+ * call has ended (finished by the server, cancelled or broken by the
+ * client). After on_done no callback follows; the handler must then call
+ * rpc_stream_release() once, when it holds no more references. */
+typedef struct rpc_stream rpc_stream;
+
+typedef struct rpc_stream_handler {
+    void (*on_open)(rpc_stream *s, void *arg);
+    void (*on_message)(rpc_stream *s, const uint8_t *msg, size_t len, void *arg);
+    void (*on_recv_end)(rpc_stream *s, void *arg);
+    void (*on_done)(rpc_stream *s, int cancelled, void *arg);
+} rpc_stream_handler;
+
+/* Queues a message (copied) to the client; messages go out one at a time in
+ * order. Thread-safe. Returns 0, or -1 once the stream is finished or done. */
+int rpc_stream_send(rpc_stream *s, const uint8_t *msg, size_t len);
+/* Bytes queued and not yet handed to gRPC: how far a slow reader is behind. */
+size_t rpc_stream_backlog(rpc_stream *s);
+/* Ends the stream with a status after the queued messages. Thread-safe; only
+ * the first call counts. */
+void rpc_stream_finish(rpc_stream *s, grpc_status_code code, const char *message);
+void rpc_stream_set_data(rpc_stream *s, void *data);
+void *rpc_stream_data(rpc_stream *s);
+void rpc_stream_release(rpc_stream *s);
+
+typedef struct rpc_stream_method {
+    const char *path;
+    const rpc_stream_handler *handler;
+    void *arg;
+} rpc_stream_method;
+
 typedef struct rpc_options {
     const char *const *listen;   /* "host:port" addresses */
     size_t n_listen;
@@ -40,7 +75,7 @@ typedef struct rpc_options {
 /* Creates the server and binds every address. Returns NULL and sets *errmsg
  * (malloc'd) on failure, e.g. an address already in use. */
 rpc_server *rpc_server_create(const rpc_options *opt, const rpc_method *methods, size_t n_methods,
-                              char **errmsg);
+                              const rpc_stream_method *streams, size_t n_streams, char **errmsg);
 /* Starts the threads; calls are served from now on. */
 void rpc_server_start(rpc_server *s);
 /* Stops accepting calls and cancels those in flight. Calls still waiting for
