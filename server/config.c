@@ -79,7 +79,7 @@ enum target {
     T_HEARTBEAT, T_ELECTION, T_SNAPSHOT_COUNT,
     T_MAX_REQUEST_BYTES, T_MAX_TXN_OPS, T_QUOTA,
     T_LOG_LEVEL, T_DEBUG, T_VERSION,
-    T_BATCH_MAX_OPS, T_BATCH_MAX_WAIT, T_BATCH_POLICY,
+    T_BATCH_MAX_OPS, T_BATCH_MAX_WAIT, T_BATCH_POLICY, T_WATCH_PROGRESS,
 };
 
 struct flag_def {
@@ -156,6 +156,9 @@ static const struct flag_def flags[] = {
         "      three waits once a second from the rate of operations, 'off' puts each\n"
         "      operation in its own entry."),
 
+    STORED("experimental-watch-progress-notify-interval", K_DURATION, T_WATCH_PROGRESS, SEC_MEMBER, "10m", NULL,
+           "Interval between progress notifications to watchers that asked for them."),
+
     STORED("log-level", K_CHOICE, T_LOG_LEVEL, SEC_LOG, "info", "debug|info|warn|error|dpanic|panic|fatal",
            "Least severe level logged: debug, info, warn, error, panic or fatal."),
     STORED("debug", K_BOOL, T_DEBUG, SEC_LOG, "false", NULL,
@@ -199,7 +202,6 @@ static const struct flag_def flags[] = {
     COMPAT("experimental-enable-lease-checkpoint", K_BOOL, "false", NULL),
     COMPAT("experimental-enable-lease-checkpoint-persist", K_BOOL, "false", NULL),
     COMPAT("experimental-compaction-batch-limit", K_INT, "1000", NULL),
-    COMPAT("experimental-watch-progress-notify-interval", K_DURATION, "10m", NULL),
     COMPAT("experimental-warning-apply-duration", K_DURATION, "100ms", NULL),
     COMPAT("unsafe-no-fsync", K_BOOL, "false", NULL),
 
@@ -951,6 +953,13 @@ static int apply(struct parser *p, const struct flag_def *f, const char *v, char
             return -1;
         }
         return 0;
+    case T_WATCH_PROGRESS:
+        if (config_parse_duration_us(v, &cfg->watch_progress_notify_interval_us) != 0 ||
+            cfg->watch_progress_notify_interval_us == 0) {
+            *why = format("must be a positive duration");
+            return -1;
+        }
+        return 0;
     case T_BATCH_POLICY:
         cfg->batch_policy = strcmp(v, "tiers") == 0 ? BATCH_POLICY_TIERS
                             : strcmp(v, "off") == 0 ? BATCH_POLICY_OFF
@@ -1107,6 +1116,7 @@ static bool config_defaults(ballast_config *cfg)
     cfg->quota_backend_bytes = 0;
     cfg->batch_max_ops = 100;
     cfg->batch_max_wait_us = 1000;
+    cfg->watch_progress_notify_interval_us = 600000000; /* 10m */
     cfg->batch_policy = BATCH_POLICY_ADAPTIVE;
     cfg->name = strdup("default");
     cfg->initial_cluster_token = strdup("etcd-cluster");

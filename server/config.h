@@ -56,6 +56,7 @@ typedef struct ballast_config {
     uint64_t max_request_bytes;          /* default 1572864 */
     uint32_t max_txn_ops;                /* default 128 */
     int64_t quota_backend_bytes;         /* default 0 = etcd's 2 GiB default quota */
+    uint64_t watch_progress_notify_interval_us; /* --experimental-watch-progress-notify-interval, 10m */
     char *log_level;                     /* debug|info|warn|error|panic|fatal, default info */
     uint32_t batch_max_ops;              /* --batch-max-ops, default 100 */
     uint64_t batch_max_wait_us;          /* --batch-max-wait, default 1ms (Go duration syntax) */

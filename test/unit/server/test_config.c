@@ -121,6 +121,7 @@ static void test_defaults(void)
     CHECK_STR(cfg.log_level, "info");
     CHECK_EQ_INT(cfg.batch_max_ops, 100);
     CHECK_EQ_INT(cfg.batch_max_wait_us, 1000);
+    CHECK_EQ_INT(cfg.watch_progress_notify_interval_us, 600000000);
     CHECK_EQ_INT(cfg.batch_policy, BATCH_POLICY_ADAPTIVE);
     config_free(&cfg);
     CHECK(cfg.name == NULL && cfg.data_dir == NULL && cfg.initial_cluster == NULL);
