@@ -26,6 +26,8 @@ typedef enum {
     BATCH_OP_DELETE_RANGE = 2,
     BATCH_OP_TXN = 3,
     BATCH_OP_COMPACTION = 4,
+    BATCH_OP_LEASE_GRANT = 5,
+    BATCH_OP_LEASE_REVOKE = 6,
 } batch_op_type;
 
 /* One encoded client request. `data` is borrowed: it must stay valid until the

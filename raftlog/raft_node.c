@@ -88,6 +88,10 @@ struct raft_node {
     uint64_t st_term, st_leader, st_commit, st_applied, st_last;
     int st_is_leader;
     int st_fast_reads; /* sole voter, leader and ready: reads need no barrier */
+
+    /* What leader_change was last told, and for which term. */
+    int leading;
+    uint64_t leading_term;
 };
 
 static void logf_(const char *level, const char *fmt, ...)
@@ -362,12 +366,33 @@ static int sole_voter(raft_node *n)
     return voters == 1 && me;
 }
 
+/* Runs on every pass of the loop; tells leader_change only of changes. A
+ * new term while still leading is a stop and a start. */
+static void report_leadership(raft_node *n, int leading)
+{
+    if (!n->cfg.leader_change)
+        return;
+    uint64_t term = n->raft.current_term;
+    if (n->leading && (!leading || n->leading_term != term)) {
+        n->leading = 0;
+        n->cfg.leader_change(n->cfg.cb_arg, 0);
+    }
+    if (leading && !n->leading) {
+        n->leading = 1;
+        n->leading_term = term;
+        n->cfg.leader_change(n->cfg.cb_arg, 1);
+    }
+}
+
 static void publish_status(raft_node *n)
 {
     raft_id leader = 0;
     const char *addr = NULL;
     raft_leader(&n->raft, &leader, &addr);
     int is_leader = n->raft.state == RAFT_LEADER;
+    /* before the status says so, so that whoever sees a ready leader finds
+     * its lessor promoted */
+    report_leadership(n, is_leader && n->ready_term == n->raft.current_term);
     publish(&n->st_term, n->raft.current_term);
     publish(&n->st_leader, leader);
     publish(&n->st_commit, n->raft.commit_index);

@@ -39,6 +39,11 @@ typedef void (*raft_node_op_done_fn)(void *ctx, const mvcc_result *res, const ui
  * or with a failure status and etcd's message. */
 typedef void (*raft_node_read_fn)(void *ctx, int status, const char *message, void *arg);
 
+/* Called on the raft thread when this member starts leading — it is the
+ * leader and has applied every entry of earlier terms, as etcd promotes its
+ * lessor — (leading = 1), and when it stops being the leader (0). */
+typedef void (*raft_node_leader_fn)(void *arg, int leading);
+
 typedef struct raft_node_config {
     const char *dir;           /* raft log directory; created if missing */
     uint64_t id;               /* this member's id (non-zero) */
@@ -55,6 +60,7 @@ typedef struct raft_node_config {
     batch_config batch;
     raft_node_op_done_fn op_done;
     raft_node_read_fn read_done;
+    raft_node_leader_fn leader_change; /* may be NULL */
     void *cb_arg;
 } raft_node_config;
 

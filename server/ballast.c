@@ -80,3 +80,11 @@ void ballast_reply_packed(rpc_call *call, const ProtobufCMessage *msg)
     rpc_reply(call, buf, len);
     free(buf);
 }
+
+void *ballast_unpack(rpc_call *call, const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len)
+{
+    ProtobufCMessage *msg = protobuf_c_message_unpack(desc, NULL, len, data);
+    if (!msg)
+        rpc_fail(call, GRPC_STATUS_INTERNAL, BALLAST_ERR_MALFORMED);
+    return msg;
+}

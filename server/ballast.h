@@ -9,9 +9,11 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "lessor.h"
 #include "mvcc.h"
 #include "raft_node.h"
 #include "rpc.h"
+#include "watch.h"
 
 #define BALLAST_VERSION "0.1.0"
 /* The etcd server version Ballast answers as (Maintenance.Status), since
@@ -27,6 +29,12 @@ typedef struct ballast_server {
     mvcc *store;
     raft_node *node;
     mvcc_limits limits;
+    watch_hub *watch;
+    /* Leases: expiry timers (leader only), the minimum TTL a grant is
+     * raised to, and the next server-assigned lease ID. */
+    lessor *lessor;
+    int64_t min_lease_ttl;
+    uint64_t next_lease_id;
     /* Compact calls with physical=true, answered once the store has removed
      * the old revisions (guarded by compact_mu). */
     pthread_mutex_t compact_mu;
@@ -46,6 +54,23 @@ size_t kv_service_methods(ballast_server *b, rpc_method *out);
 size_t maintenance_service_methods(ballast_server *b, rpc_method *out);
 size_t cluster_service_methods(ballast_server *b, rpc_method *out);
 size_t lease_service_methods(ballast_server *b, rpc_method *out);
+/* Stream services fill `out` likewise (room for at least 4). */
+size_t watch_service_streams(ballast_server *b, rpc_stream_method *out);
+/* The watch hub's header callback (arg: the ballast_server). */
+void watch_service_header(void *arg, mvcc_header *out);
+
+/* The Lease service: its lessor is loaded from the store and hooked to it
+ * before the raft node starts (0, or -1 with *errmsg malloc'd); the raft
+ * node's op_done and leader_change callbacks are lease_service_op_done
+ * (which hands everything that is not the Lease service's own proposal to
+ * kv_service_op_done) and lease_service_leader_change. Stop the expiry
+ * timers before the raft node stops, free the lessor after it has. */
+int lease_service_init(ballast_server *b, char **errmsg);
+void lease_service_stop_timers(ballast_server *b);
+void lease_service_free(ballast_server *b);
+size_t lease_service_streams(ballast_server *b, rpc_stream_method *out);
+void lease_service_op_done(void *ctx, const mvcc_result *res, const uint8_t *resp_base, void *arg);
+void lease_service_leader_change(void *arg, int leading);
 
 /* Sets up the KV service's state (before serving) and answers what still
  * waits at shutdown (after the raft node has stopped). */
@@ -58,6 +83,10 @@ void kv_service_read_done(void *ctx, int status, const char *message, void *arg)
 
 /* Answers a call with an mvcc result (response bytes in buf). */
 void ballast_reply_result(rpc_call *call, const mvcc_result *res, const uint8_t *buf);
+
+/* Decodes a request; on failure answers the call with gRPC's decoding
+ * error and returns NULL. Free with protobuf_c_message_free_unpacked. */
+void *ballast_unpack(rpc_call *call, const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len);
 
 /* Packs a response message and sends it with status OK. */
 void ballast_reply_packed(rpc_call *call, const ProtobufCMessage *msg);

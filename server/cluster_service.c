@@ -14,12 +14,10 @@ static char **url_texts(const config_url_list *l)
 static void cluster_member_list(rpc_call *call, const uint8_t *data, size_t len, void *arg)
 {
     ballast_server *b = arg;
-    Etcdserverpb__MemberListRequest *r = etcdserverpb__member_list_request__unpack(NULL, len, data);
-    if (!r) {
-        rpc_fail(call, GRPC_STATUS_INTERNAL, BALLAST_ERR_MALFORMED);
+    Etcdserverpb__MemberListRequest *r = ballast_unpack(call, &etcdserverpb__member_list_request__descriptor, data, len);
+    if (!r)
         return;
-    }
-    etcdserverpb__member_list_request__free_unpacked(r, NULL);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
 
     Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT;
     mvcc_header mh = ballast_header(b);

@@ -110,15 +110,13 @@ static void fail_result(rpc_call *call, const mvcc_result *res)
 static void kv_range(rpc_call *call, const uint8_t *data, size_t len, void *arg)
 {
     ballast_server *b = arg;
-    Etcdserverpb__RangeRequest *r = etcdserverpb__range_request__unpack(NULL, len, data);
-    if (!r) {
-        rpc_fail(call, GRPC_STATUS_INTERNAL, BALLAST_ERR_MALFORMED);
+    Etcdserverpb__RangeRequest *r = ballast_unpack(call, &etcdserverpb__range_request__descriptor, data, len);
+    if (!r)
         return;
-    }
     mvcc_result res;
     if (mvcc_validate_range(r, &b->limits, &res) != 0) {
         fail_result(call, &res);
-        etcdserverpb__range_request__free_unpacked(r, NULL);
+        protobuf_c_message_free_unpacked(&r->base, NULL);
         return;
     }
     start_read(b, call, READ_RANGE, r, r->serializable);
@@ -242,14 +240,12 @@ void kv_service_op_done(void *ctx, const mvcc_result *res, const uint8_t *resp_b
 static void kv_put(rpc_call *call, const uint8_t *data, size_t len, void *arg)
 {
     ballast_server *b = arg;
-    Etcdserverpb__PutRequest *r = etcdserverpb__put_request__unpack(NULL, len, data);
-    if (!r) {
-        rpc_fail(call, GRPC_STATUS_INTERNAL, BALLAST_ERR_MALFORMED);
+    Etcdserverpb__PutRequest *r = ballast_unpack(call, &etcdserverpb__put_request__descriptor, data, len);
+    if (!r)
         return;
-    }
     mvcc_result res;
     int bad = mvcc_validate_put(r, &b->limits, &res);
-    etcdserverpb__put_request__free_unpacked(r, NULL);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
     if (bad)
         fail_result(call, &res);
     else
@@ -259,14 +255,12 @@ static void kv_put(rpc_call *call, const uint8_t *data, size_t len, void *arg)
 static void kv_delete_range(rpc_call *call, const uint8_t *data, size_t len, void *arg)
 {
     ballast_server *b = arg;
-    Etcdserverpb__DeleteRangeRequest *r = etcdserverpb__delete_range_request__unpack(NULL, len, data);
-    if (!r) {
-        rpc_fail(call, GRPC_STATUS_INTERNAL, BALLAST_ERR_MALFORMED);
+    Etcdserverpb__DeleteRangeRequest *r = ballast_unpack(call, &etcdserverpb__delete_range_request__descriptor, data, len);
+    if (!r)
         return;
-    }
     mvcc_result res;
     int bad = mvcc_validate_delete_range(r, &b->limits, &res);
-    etcdserverpb__delete_range_request__free_unpacked(r, NULL);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
     if (bad)
         fail_result(call, &res);
     else
@@ -276,44 +270,40 @@ static void kv_delete_range(rpc_call *call, const uint8_t *data, size_t len, voi
 static void kv_txn(rpc_call *call, const uint8_t *data, size_t len, void *arg)
 {
     ballast_server *b = arg;
-    Etcdserverpb__TxnRequest *r = etcdserverpb__txn_request__unpack(NULL, len, data);
-    if (!r) {
-        rpc_fail(call, GRPC_STATUS_INTERNAL, BALLAST_ERR_MALFORMED);
+    Etcdserverpb__TxnRequest *r = ballast_unpack(call, &etcdserverpb__txn_request__descriptor, data, len);
+    if (!r)
         return;
-    }
     mvcc_result res;
     if (mvcc_validate_txn(r, &b->limits, &res) != 0) {
         fail_result(call, &res);
-        etcdserverpb__txn_request__free_unpacked(r, NULL);
+        protobuf_c_message_free_unpacked(&r->base, NULL);
         return;
     }
     if (mvcc_txn_is_read_only(r)) {
         start_read(b, call, READ_TXN, r, txn_serializable(r));
         return;
     }
-    etcdserverpb__txn_request__free_unpacked(r, NULL);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
     propose(b, call, BATCH_OP_TXN, data, len);
 }
 
 static void kv_compact(rpc_call *call, const uint8_t *data, size_t len, void *arg)
 {
     ballast_server *b = arg;
-    Etcdserverpb__CompactionRequest *r = etcdserverpb__compaction_request__unpack(NULL, len, data);
-    if (!r) {
-        rpc_fail(call, GRPC_STATUS_INTERNAL, BALLAST_ERR_MALFORMED);
+    Etcdserverpb__CompactionRequest *r = ballast_unpack(call, &etcdserverpb__compaction_request__descriptor, data, len);
+    if (!r)
         return;
-    }
     if (r->physical) {
         int64_t *rev = malloc(sizeof *rev);
         if (!rev) {
-            etcdserverpb__compaction_request__free_unpacked(r, NULL);
+            protobuf_c_message_free_unpacked(&r->base, NULL);
             rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "etcdserver: out of memory");
             return;
         }
         *rev = r->revision;
         rpc_call_set_data(call, rev);
     }
-    etcdserverpb__compaction_request__free_unpacked(r, NULL);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
     propose(b, call, BATCH_OP_COMPACTION, data, len);
 }
 

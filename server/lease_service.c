@@ -1,26 +1,358 @@
-/* The Lease service. Until leases are implemented (a later milestone), no
- * lease can exist, so LeaseLeases truthfully answers with an empty list and
- * puts with a lease get etcd's "requested lease not found" from storage. */
+/* The Lease service (etcd 3.4's v3rpc lease server and etcdserver lease
+ * calls). LeaseGrant and LeaseRevoke are raft proposals applied by the
+ * store; LeaseKeepAlive, LeaseTimeToLive and LeaseLeases are answered from
+ * this member's lessor, which keeps expiry times only while it leads. When
+ * a lease expires the lessor asks for a LeaseRevoke proposal like a
+ * client's, so every member deletes its keys at the same revision. */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
 #include "ballast.h"
+
+static const char ERR_NO_LEADER[] = "etcdserver: no leader";
+static const char ERR_NOMEM[] = "etcdserver: out of memory";
+
+/* A proposal of this service: the encoded request (it must live until the
+ * op is done) and the call to answer (NULL for an expiry revoke). Handed to
+ * the raft node as a ctx with the low bit set, which no rpc_call pointer
+ * has (malloc alignment), so lease_service_op_done can tell them apart. */
+typedef struct lease_op {
+    rpc_call *call;
+    size_t len;
+    uint8_t data[];
+} lease_op;
+
+static void *op_ctx(lease_op *op)
+{
+    return (void *)((uintptr_t)op | 1u);
+}
+
+static lease_op *ctx_op(void *ctx)
+{
+    return ((uintptr_t)ctx & 1u) ? (lease_op *)((uintptr_t)ctx & ~(uintptr_t)1u) : NULL;
+}
+
+/* Packs msg into a new lease_op and proposes it; answers the call (if any)
+ * with an error when it cannot. */
+static void propose_msg(ballast_server *b, rpc_call *call, batch_op_type type,
+                        const ProtobufCMessage *msg)
+{
+    size_t len = protobuf_c_message_get_packed_size(msg);
+    lease_op *op = malloc(sizeof *op + len);
+    if (!op) {
+        if (call)
+            rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, ERR_NOMEM);
+        return;
+    }
+    op->call = call;
+    op->len = protobuf_c_message_pack(msg, op->data);
+    if (raft_node_submit(b->node, type, op->data, op->len, op_ctx(op)) != 0) {
+        if (call)
+            rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, ERR_NOMEM);
+        free(op);
+    }
+}
+
+void lease_service_op_done(void *ctx, const mvcc_result *res, const uint8_t *resp_base, void *arg)
+{
+    lease_op *op = ctx_op(ctx);
+    if (!op) {
+        kv_service_op_done(ctx, res, resp_base, arg);
+        return;
+    }
+    if (op->call)
+        ballast_reply_result(op->call, res, resp_base);
+    free(op);
+}
+
+void lease_service_leader_change(void *arg, int leading)
+{
+    ballast_server *b = arg;
+    if (leading)
+        lessor_promote(b->lessor);
+    else
+        lessor_demote(b->lessor);
+}
+
+/* The lessor's thread: a lease expired on the leader. */
+static void lease_expired(void *arg, int64_t id)
+{
+    ballast_server *b = arg;
+    Etcdserverpb__LeaseRevokeRequest r = ETCDSERVERPB__LEASE_REVOKE_REQUEST__INIT;
+    r.id = id;
+    propose_msg(b, NULL, BATCH_OP_LEASE_REVOKE, &r.base);
+}
+
+/* etcd's ID generator (pkg/idutil): the member ID's low 16 bits, then the
+ * start time in ms (40 bits) and an 8-bit counter, incremented per ID; lease
+ * IDs keep the low 63 bits so they are positive. */
+static void lease_ids_init(ballast_server *b)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    b->next_lease_id = ((b->member_id & 0xffffu) << 48) | ((ms & 0xffffffffffull) << 8);
+}
+
+static int64_t lease_id_next(ballast_server *b)
+{
+    uint64_t prefix = b->next_lease_id & ~0xffffffffffffull;
+    for (;;) {
+        uint64_t n = __atomic_add_fetch(&b->next_lease_id, 1, __ATOMIC_RELAXED);
+        int64_t id = (int64_t)((prefix | (n & 0xffffffffffffull)) & 0x7fffffffffffffffull);
+        int64_t ttl, rem;
+        if (id != 0 && lessor_lookup(b->lessor, id, &ttl, &rem) == LESSOR_NOT_FOUND)
+            return id;
+    }
+}
+
+int lease_service_init(ballast_server *b, char **errmsg)
+{
+    const ballast_config *c = b->cfg;
+    /* etcd: ceil(1.5 election timeouts, counted in heartbeats) seconds */
+    uint64_t hb = c->heartbeat_interval_ms ? c->heartbeat_interval_ms : 1;
+    uint64_t min_ms = (3 * (c->election_timeout_ms / hb) / 2) * hb;
+    b->min_lease_ttl = (int64_t)((min_ms + 999) / 1000);
+    lease_ids_init(b);
+    lessor_config lc = {
+        .expired = lease_expired,
+        .expired_arg = b,
+        .promote_extend_ms = c->election_timeout_ms,
+    };
+    b->lessor = lessor_new(&lc);
+    if (!b->lessor) {
+        *errmsg = strdup("out of memory");
+        return -1;
+    }
+    mvcc_set_lease_hook(b->store, lessor_store_changed, b->lessor);
+    if (mvcc_lease_list(b->store, lessor_store_changed, b->lessor) != 0) {
+        *errmsg = strdup("cannot read the leases from the store");
+        return -1;
+    }
+    if (lessor_start(b->lessor) != 0) {
+        *errmsg = strdup("cannot start the lease expiry thread");
+        return -1;
+    }
+    return 0;
+}
+
+void lease_service_stop_timers(ballast_server *b)
+{
+    lessor_stop(b->lessor);
+}
+
+void lease_service_free(ballast_server *b)
+{
+    mvcc_set_lease_hook(b->store, NULL, NULL);
+    lessor_free(b->lessor);
+    b->lessor = NULL;
+}
+
+/* ---- unary methods ---- */
+
+static void lease_grant(rpc_call *call, const uint8_t *data, size_t len, void *arg)
+{
+    ballast_server *b = arg;
+    Etcdserverpb__LeaseGrantRequest *r = ballast_unpack(call, &etcdserverpb__lease_grant_request__descriptor, data, len);
+    if (!r)
+        return;
+    /* Chosen here, not at apply, so that every member applies the same. */
+    if (r->id == 0)
+        r->id = lease_id_next(b);
+    if (r->ttl < b->min_lease_ttl)
+        r->ttl = b->min_lease_ttl;
+    propose_msg(b, call, BATCH_OP_LEASE_GRANT, &r->base);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+}
+
+static void lease_revoke(rpc_call *call, const uint8_t *data, size_t len, void *arg)
+{
+    ballast_server *b = arg;
+    Etcdserverpb__LeaseRevokeRequest *r = ballast_unpack(call, &etcdserverpb__lease_revoke_request__descriptor, data, len);
+    if (!r)
+        return;
+    propose_msg(b, call, BATCH_OP_LEASE_REVOKE, &r->base);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+}
+
+typedef struct key_list {
+    ProtobufCBinaryData *keys;
+    size_t n, cap;
+    int failed;
+} key_list;
+
+static void add_key(void *arg, const uint8_t *key, size_t len)
+{
+    key_list *l = arg;
+    if (l->failed)
+        return;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 16;
+        ProtobufCBinaryData *k = realloc(l->keys, cap * sizeof *k);
+        if (!k) {
+            l->failed = 1;
+            return;
+        }
+        l->keys = k;
+        l->cap = cap;
+    }
+    uint8_t *copy = malloc(len ? len : 1);
+    if (!copy) {
+        l->failed = 1;
+        return;
+    }
+    memcpy(copy, key, len);
+    l->keys[l->n++] = (ProtobufCBinaryData){len, copy};
+}
+
+static void lease_time_to_live(rpc_call *call, const uint8_t *data, size_t len, void *arg)
+{
+    ballast_server *b = arg;
+    Etcdserverpb__LeaseTimeToLiveRequest *r = ballast_unpack(call, &etcdserverpb__lease_time_to_live_request__descriptor, data, len);
+    if (!r)
+        return;
+    int64_t id = r->id;
+    int want_keys = r->keys;
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    if (!lessor_is_primary(b->lessor)) {
+        rpc_fail(call, GRPC_STATUS_UNAVAILABLE, ERR_NO_LEADER);
+        return;
+    }
+    Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT;
+    Etcdserverpb__LeaseTimeToLiveResponse resp = ETCDSERVERPB__LEASE_TIME_TO_LIVE_RESPONSE__INIT;
+    resp.header = &h;
+    resp.id = id;
+    int64_t ttl, remaining;
+    key_list kl = {0};
+    if (lessor_lookup(b->lessor, id, &ttl, &remaining) != LESSOR_OK) {
+        resp.ttl = -1; /* etcd answers an unknown lease, not an error */
+    } else {
+        resp.ttl = remaining / 1000000000LL;
+        resp.grantedttl = ttl;
+        if (want_keys && (mvcc_lease_keys(b->store, id, add_key, &kl) != 0 || kl.failed)) {
+            kl.failed = 1;
+        } else {
+            resp.keys = kl.keys;
+            resp.n_keys = kl.n;
+        }
+    }
+    ballast_fill_header(b, &h);
+    if (kl.failed)
+        rpc_fail(call, GRPC_STATUS_INTERNAL, "etcdserver: storage read failed");
+    else
+        ballast_reply_packed(call, &resp.base);
+    for (size_t i = 0; i < kl.n; i++)
+        free(kl.keys[i].data);
+    free(kl.keys);
+}
 
 static void lease_leases(rpc_call *call, const uint8_t *data, size_t len, void *arg)
 {
     ballast_server *b = arg;
-    Etcdserverpb__LeaseLeasesRequest *r = etcdserverpb__lease_leases_request__unpack(NULL, len, data);
-    if (!r) {
-        rpc_fail(call, GRPC_STATUS_INTERNAL, BALLAST_ERR_MALFORMED);
+    Etcdserverpb__LeaseLeasesRequest *r = ballast_unpack(call, &etcdserverpb__lease_leases_request__descriptor, data, len);
+    if (!r)
+        return;
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    int64_t *ids;
+    size_t n;
+    Etcdserverpb__LeaseStatus *st = NULL;
+    Etcdserverpb__LeaseStatus **ptrs = NULL;
+    if (lessor_leases(b->lessor, &ids, &n) != 0 ||
+        (n && (!(st = calloc(n, sizeof *st)) || !(ptrs = calloc(n, sizeof *ptrs))))) {
+        free(ids);
+        free(st);
+        rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, ERR_NOMEM);
         return;
     }
-    etcdserverpb__lease_leases_request__free_unpacked(r, NULL);
+    for (size_t i = 0; i < n; i++) {
+        st[i] = (Etcdserverpb__LeaseStatus)ETCDSERVERPB__LEASE_STATUS__INIT;
+        st[i].id = ids[i];
+        ptrs[i] = &st[i];
+    }
     Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT;
     ballast_fill_header(b, &h);
     Etcdserverpb__LeaseLeasesResponse resp = ETCDSERVERPB__LEASE_LEASES_RESPONSE__INIT;
     resp.header = &h;
+    resp.leases = ptrs;
+    resp.n_leases = n;
     ballast_reply_packed(call, &resp.base);
+    free(ptrs);
+    free(st);
+    free(ids);
 }
 
 size_t lease_service_methods(ballast_server *b, rpc_method *out)
 {
-    out[0] = (rpc_method){"/etcdserverpb.Lease/LeaseLeases", lease_leases, b, 2};
+    out[0] = (rpc_method){"/etcdserverpb.Lease/LeaseGrant", lease_grant, b, 8};
+    out[1] = (rpc_method){"/etcdserverpb.Lease/LeaseRevoke", lease_revoke, b, 8};
+    out[2] = (rpc_method){"/etcdserverpb.Lease/LeaseTimeToLive", lease_time_to_live, b, 8};
+    out[3] = (rpc_method){"/etcdserverpb.Lease/LeaseLeases", lease_leases, b, 2};
+    return 4;
+}
+
+/* ---- LeaseKeepAlive: one response per request, from the leader's lessor ---- */
+
+static void keepalive_open(rpc_stream *st, void *arg)
+{
+    (void)st;
+    (void)arg;
+}
+
+static void keepalive_message(rpc_stream *st, const uint8_t *msg, size_t len, void *arg)
+{
+    ballast_server *b = arg;
+    Etcdserverpb__LeaseKeepAliveRequest *req = etcdserverpb__lease_keep_alive_request__unpack(NULL, len, msg);
+    if (!req) {
+        rpc_stream_finish(st, GRPC_STATUS_INTERNAL, BALLAST_ERR_MALFORMED);
+        return;
+    }
+    int64_t id = req->id;
+    etcdserverpb__lease_keep_alive_request__free_unpacked(req, NULL);
+    /* The header is taken before the renew, as etcd does: its revision is
+     * never later than the keep-alive. */
+    Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT;
+    ballast_fill_header(b, &h);
+    int64_t ttl = 0;
+    int rc = lessor_renew(b->lessor, id, &ttl);
+    if (rc == LESSOR_NOT_PRIMARY) {
+        rpc_stream_finish(st, GRPC_STATUS_UNAVAILABLE, ERR_NO_LEADER);
+        return;
+    }
+    Etcdserverpb__LeaseKeepAliveResponse resp = ETCDSERVERPB__LEASE_KEEP_ALIVE_RESPONSE__INIT;
+    resp.header = &h;
+    resp.id = id;
+    resp.ttl = rc == LESSOR_OK ? ttl : 0; /* an unknown lease gets TTL 0 */
+    uint8_t buf[128];
+    size_t n = protobuf_c_message_get_packed_size(&resp.base);
+    if (n > sizeof buf) {
+        rpc_stream_finish(st, GRPC_STATUS_INTERNAL, "etcdserver: response too large");
+        return;
+    }
+    protobuf_c_message_pack(&resp.base, buf);
+    rpc_stream_send(st, buf, n);
+}
+
+/* etcd's keep-alive loop returns when the client stops sending: the stream
+ * ends with OK. */
+static void keepalive_recv_end(rpc_stream *st, void *arg)
+{
+    (void)arg;
+    rpc_stream_finish(st, GRPC_STATUS_OK, NULL);
+}
+
+static void keepalive_done(rpc_stream *st, int cancelled, void *arg)
+{
+    (void)cancelled;
+    (void)arg;
+    rpc_stream_release(st);
+}
+
+static const rpc_stream_handler keepalive_handler = {keepalive_open, keepalive_message,
+                                                     keepalive_recv_end, keepalive_done};
+
+size_t lease_service_streams(ballast_server *b, rpc_stream_method *out)
+{
+    out[0] = (rpc_stream_method){"/etcdserverpb.Lease/LeaseKeepAlive", &keepalive_handler, b};
     return 1;
 }

@@ -89,6 +89,19 @@ int main(int argc, char **argv, char **envp)
         die("cannot open the key-value store", err);
 
     kv_service_init(&b);
+    if (lease_service_init(&b, &err) != 0)
+        die("cannot start the lessor", err);
+    watch_hub_config wc = {
+        .store = b.store,
+        .header = watch_service_header,
+        .header_arg = &b,
+        .max_request_bytes = cfg.max_request_bytes,
+        .stream_backlog_limit = 4u << 20,
+        .progress_interval_ms = cfg.watch_progress_notify_interval_us / 1000,
+    };
+    b.watch = watch_hub_start(&wc, &err);
+    if (!b.watch)
+        die("cannot start the watch hub", err);
 
     raft_node_peer *peers = calloc(cfg.n_initial_cluster ? cfg.n_initial_cluster : 1, sizeof *peers);
     char (*peer_addr)[300] = calloc(cfg.n_initial_cluster ? cfg.n_initial_cluster : 1, sizeof *peer_addr);
@@ -129,8 +142,9 @@ int main(int argc, char **argv, char **envp)
                 .max_in_flight = 4,
                 .max_entry_bytes = cfg.max_request_bytes * 4,
             },
-        .op_done = kv_service_op_done,
+        .op_done = lease_service_op_done,
         .read_done = kv_service_read_done,
+        .leader_change = lease_service_leader_change,
         .cb_arg = &b,
     };
     if (raft_node_start(&rc, &b.node, &err) != 0)
@@ -171,7 +185,10 @@ int main(int argc, char **argv, char **envp)
          * answers "request is too large" itself in between. */
         .max_receive_bytes = cfg.max_request_bytes + 512 * 1024,
     };
-    rpc_server *rpc = rpc_server_create(&ro, methods, n_methods, NULL, 0, &err);
+    rpc_stream_method streams[8];
+    size_t n_streams = watch_service_streams(&b, streams);
+    n_streams += lease_service_streams(&b, streams + n_streams);
+    rpc_server *rpc = rpc_server_create(&ro, methods, n_methods, streams, n_streams, &err);
     if (!rpc)
         die("cannot serve clients", err);
     rpc_server_start(rpc);
@@ -194,8 +211,11 @@ int main(int argc, char **argv, char **envp)
 
     metrics_http_stop(metrics);
     rpc_server_begin_shutdown(rpc);
+    lease_service_stop_timers(&b); /* no more expiry proposals */
     raft_node_stop(b.node); /* answers every call still waiting for raft */
+    lease_service_free(&b);
     kv_service_stop(&b);
+    watch_hub_stop(b.watch); /* releases the streams still open */
     rpc_server_finish_shutdown(rpc);
     rpc_server_destroy(rpc);
     grpc_shutdown();

@@ -6,12 +6,10 @@
 static void maintenance_status(rpc_call *call, const uint8_t *data, size_t len, void *arg)
 {
     ballast_server *b = arg;
-    Etcdserverpb__StatusRequest *r = etcdserverpb__status_request__unpack(NULL, len, data);
-    if (!r) {
-        rpc_fail(call, GRPC_STATUS_INTERNAL, BALLAST_ERR_MALFORMED);
+    Etcdserverpb__StatusRequest *r = ballast_unpack(call, &etcdserverpb__status_request__descriptor, data, len);
+    if (!r)
         return;
-    }
-    etcdserverpb__status_request__free_unpacked(r, NULL);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
 
     raft_node_status st;
     raft_node_get_status(b->node, &st);

@@ -14,6 +14,9 @@
  *   "current"  user key -> encoded live KeyValue; deleted when the key is.
  *              Reads at the current revision and puts (create revision,
  *              version) need only this.
+ *   "lease"    8-byte BE lease ID -> 8-byte BE granted TTL (seconds).
+ *   "lease_keys" 8-byte BE lease ID + user key -> empty: the keys attached
+ *              to each lease, so revoking needs no per-key memory.
  *   "meta"     applied_index, revision, compact_revision (8-byte BE each),
  *              written in the same write batch as the entry's data;
  *              physical_compaction (progress of the background removal).
@@ -35,7 +38,8 @@
 
 #include "mvcc_internal.h"
 
-static const char *const cf_names[CF_COUNT] = {"default", "meta", "rev", "index", "current"};
+static const char *const cf_names[CF_COUNT] = {"default", "meta", "rev", "index", "current",
+                                                "lease", "lease_keys"};
 
 void view_end(mvcc_view *v)
 {
@@ -223,6 +227,10 @@ void mvcc_close(mvcc *m)
     free(m->scratch.data);
     free(m->scratch2.data);
     free(m->path);
+    free(m->lease_changes);
+    free(m->ev_arena.data);
+    free(m->ev_recs);
+    free(m->ev_out);
     pthread_cond_destroy(&m->compact_cv);
     pthread_cond_destroy(&m->compact_done_cv);
     pthread_mutex_destroy(&m->mu);
@@ -253,10 +261,20 @@ int64_t mvcc_compact_revision(mvcc *m)
     return v;
 }
 
-void mvcc_set_lease_lookup(mvcc *m, mvcc_lease_exists_fn fn, void *arg)
+void mvcc_set_lease_hook(mvcc *m, mvcc_lease_fn fn, void *arg)
 {
-    m->lease_exists = fn;
-    m->lease_arg = arg;
+    m->lease_fn = fn;
+    m->lease_fn_arg = arg;
+}
+
+int64_t mvcc_set_event_hook(mvcc *m, mvcc_event_fn fn, void *arg)
+{
+    pthread_mutex_lock(&m->mu);
+    m->event_arg = arg;
+    __atomic_store_n(&m->event_fn, fn, __ATOMIC_RELEASE);
+    int64_t rev = m->rev;
+    pthread_mutex_unlock(&m->mu);
+    return rev;
 }
 
 int mvcc_range(mvcc *m, const Etcdserverpb__RangeRequest *req, const mvcc_header *h,

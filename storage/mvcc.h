@@ -120,12 +120,35 @@ int mvcc_validate_put(const Etcdserverpb__PutRequest *req, const mvcc_limits *l,
 int mvcc_validate_delete_range(const Etcdserverpb__DeleteRangeRequest *req, const mvcc_limits *l, mvcc_result *result);
 int mvcc_validate_txn(const Etcdserverpb__TxnRequest *req, const mvcc_limits *l, mvcc_result *result);
 
-/* Leases. A put (or txn put) with a non-zero lease asks `fn` whether the
- * lease exists (non-zero = yes); without a lookup every non-zero lease is
- * unknown ("etcdserver: requested lease not found"). `fn` is called on the
- * apply thread. Set it before the first mvcc_apply(). */
-typedef int (*mvcc_lease_exists_fn)(void *arg, int64_t lease_id);
-void mvcc_set_lease_lookup(mvcc *m, mvcc_lease_exists_fn fn, void *arg);
+/* ---- Leases ----
+ *
+ * The replicated part of etcd's lessor lives in the store: each lease's ID
+ * and granted TTL (column family "lease") and which keys are attached to it
+ * ("lease_keys": lease ID then key), written in the entry's own write batch.
+ * LeaseGrant and LeaseRevoke ops are applied like any write: a revoke
+ * deletes every attached key in one revision (watchers see the deletes). A
+ * put (or txn put) with a lease that does not exist here gets "etcdserver:
+ * requested lease not found"; a put moves its key to its new lease (or
+ * detaches it), a delete detaches it. Expiry timers are not the store's: see
+ * lessor.h. */
+
+#define MVCC_MAX_LEASE_TTL 9000000000LL /* etcd's MaxLeaseTTL, seconds */
+
+/* A lease as stored: ttl > 0 when it exists (granted or found); ttl == 0 in
+ * a hook call means it was revoked. */
+typedef void (*mvcc_lease_fn)(void *arg, int64_t id, int64_t ttl);
+
+/* Registers the lease hook: after each entry's write batch is committed,
+ * mvcc_apply() calls `fn` on the apply thread for each lease the entry
+ * granted or revoked, in order. Call it before apply starts. */
+void mvcc_set_lease_hook(mvcc *m, mvcc_lease_fn fn, void *arg);
+/* Calls fn for every lease in the store (ordered by ID bytes). Returns 0 or
+ * -1 on a store error. */
+int mvcc_lease_list(mvcc *m, mvcc_lease_fn fn, void *arg);
+/* Calls fn for each key attached to lease `id`, in key order (the bytes
+ * are valid during the call only). Returns 0 or -1 on a store error. */
+int mvcc_lease_keys(mvcc *m, int64_t id, void (*fn)(void *arg, const uint8_t *key, size_t len),
+                    void *arg);
 
 /* Physical compaction. A Compaction op only records the compact revision
  * (reads below it fail at once); a background thread then removes the old
@@ -147,5 +170,63 @@ void mvcc_db_size(mvcc *m, int64_t *size, int64_t *size_in_use);
 /* Makes everything applied so far durable in RocksDB itself (sync its WAL),
  * so the raft log before mvcc_applied_index() may be truncated. */
 int mvcc_sync(mvcc *m);
+
+/* ---- Watch support ----
+ *
+ * Events as a watcher sees them (mvccpb.Event). `kv` is an encoded
+ * mvccpb.KeyValue: a PUT's full KeyValue; a DELETE's holds only the key and
+ * mod_revision, as etcd's. `prev_kv` is the key's KeyValue just before the
+ * change (encoded), or NULL when the key did not exist. Pointers are valid
+ * only during the callback that receives the event. */
+enum { MVCC_EVENT_PUT = 0, MVCC_EVENT_DELETE = 1 };
+
+typedef struct mvcc_event {
+    int type;
+    int64_t rev; /* main revision (the KeyValue's mod_revision) */
+    int64_t sub; /* sub revision inside the txn */
+    int64_t create_rev; /* a PUT's create_revision (== rev: the key was created) */
+    const uint8_t *key;
+    size_t key_len;
+    const uint8_t *kv;
+    size_t kv_len;
+    const uint8_t *prev_kv;
+    size_t prev_kv_len;
+} mvcc_event;
+
+/* Receives events[0..n-1], in (revision, sub revision) order. */
+typedef void (*mvcc_event_fn)(void *arg, const mvcc_event *events, size_t n);
+
+/* Registers the event hook (NULL to remove it). After each entry's write
+ * batch is committed, mvcc_apply() calls `fn` on the apply thread with all
+ * the changes of that entry (with prev_kv filled), before it returns. `fn`
+ * must be quick: copy what is needed and return. Call it before apply
+ * starts or while apply is not running, like mvcc_set_lease_lookup. Returns
+ * the current revision: the hook gets every revision after it. */
+int64_t mvcc_set_event_hook(mvcc *m, mvcc_event_fn fn, void *arg);
+
+/* History for watchers that are behind: a consistent snapshot of the store
+ * (like any read, it sees whole entries only). */
+typedef struct mvcc_history mvcc_history;
+
+/* Returns NULL when out of memory. */
+mvcc_history *mvcc_history_open(mvcc *m);
+void mvcc_history_close(mvcc_history *h);
+/* The snapshot's current and compact revisions. */
+int64_t mvcc_history_revision(const mvcc_history *h);
+int64_t mvcc_history_compact_revision(const mvcc_history *h);
+/* Calls fn (once per event, n = 1, prev_kv NULL) for every change with main
+ * revision in [from, to], in order. It stops at the end of the first
+ * revision after which at least `max_events` events or `max_bytes` bytes of
+ * KeyValues were given (0 = no limit): a revision is never cut in two.
+ * *next is the first revision not read (to + 1 when all was read). Returns
+ * 0, or -1 on a store error. */
+int mvcc_history_events(mvcc_history *h, int64_t from, int64_t to, size_t max_events,
+                        size_t max_bytes, mvcc_event_fn fn, void *arg, int64_t *next);
+/* The KeyValue `key` had just before revision `rev` (its newest version with
+ * a main revision < rev), appended encoded to `out`. Returns 1 when found, 0
+ * when the key did not exist then (or that history is compacted), -1 on a
+ * store error. */
+int mvcc_history_prev(mvcc_history *h, const uint8_t *key, size_t key_len, int64_t rev,
+                      mvcc_buf *out);
 
 #endif

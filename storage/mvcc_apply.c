@@ -34,9 +34,131 @@ static int client_err(mvcc_result *res, int status, const char *msg)
     return STEP_CLIENT_ERR;
 }
 
-static bool lease_known(apply_ctx *c, int64_t id)
+/* Whether a lease exists, from the replicated state only (never from the
+ * leader's timers): 1 yes, 0 no, -1 store error. */
+static int lease_known(apply_ctx *c, int64_t id)
 {
-    return c->m->lease_exists && c->m->lease_exists(c->m->lease_arg, id);
+    int64_t ttl;
+    return lease_get(&c->v, id, &ttl);
+}
+
+/* The error step for a put whose lease lookup answered `known` (<= 0). */
+static int lease_unknown(int known, mvcc_result *res)
+{
+    return known < 0 ? STEP_STORE_ERR : client_err(res, MVCC_STATUS_NOT_FOUND, ERR_LEASE_NOT_FOUND);
+}
+
+/* ---- watch events ---- */
+
+/* A watcher's prev_kv is the key as of the revision before (etcd reads it at
+ * rev - 1). When an earlier op of the same txn already changed the key, the
+ * live value it read is that op's; the one before the txn is the prev_kv of
+ * that op's event. */
+static bool event_prev_before(mvcc *m, int64_t rev, const uint8_t *key, size_t key_len,
+                              const uint8_t **prev, size_t *prev_len)
+{
+    for (size_t i = m->ev_n; i-- > 0;) {
+        const struct ev_rec *e = &m->ev_recs[i];
+        if (e->rev != rev)
+            break;
+        if (e->key_len == key_len && memcmp(m->ev_arena.data + e->key_off, key, key_len) == 0) {
+            *prev = e->has_prev ? m->ev_arena.data + e->prev_off : NULL;
+            *prev_len = e->has_prev ? e->prev_len : 0;
+            return true;
+        }
+    }
+    return false;
+}
+
+static int event_add(mvcc *m, int type, int64_t rev, int64_t sub, int64_t create_rev,
+                     const uint8_t *key, size_t key_len, const uint8_t *kv, size_t kv_len, const uint8_t *prev,
+                     size_t prev_len, int64_t prev_mod)
+{
+    size_t moved_off = 0;
+    bool moved = false;
+    if (prev && prev_mod == rev) {
+        const uint8_t *p;
+        size_t pl;
+        if (!event_prev_before(m, rev, key, key_len, &p, &pl))
+            return -1; /* cannot happen: the change of this revision is an event */
+        prev = p;
+        prev_len = pl;
+        /* it lives in ev_arena, which may move while growing */
+        if (p) {
+            moved = true;
+            moved_off = (size_t)(p - m->ev_arena.data);
+        }
+    }
+    if (buf_reserve(&m->ev_arena, 2 * key_len + kv_len + prev_len + 64))
+        return -1;
+    if (moved)
+        prev = m->ev_arena.data + moved_off;
+
+    if (m->ev_n == m->ev_cap) {
+        size_t cap = m->ev_cap ? 2 * m->ev_cap : 64;
+        struct ev_rec *r = realloc(m->ev_recs, cap * sizeof(*r));
+        if (!r)
+            return -1;
+        m->ev_recs = r;
+        m->ev_cap = cap;
+        /* the array handed to the hook grows here too, so that delivering
+         * a committed entry's events never needs memory */
+        mvcc_event *o = realloc(m->ev_out, cap * sizeof(*o));
+        if (!o)
+            return -1;
+        m->ev_out = o;
+        m->ev_out_cap = cap;
+    }
+    struct ev_rec *e = &m->ev_recs[m->ev_n];
+    e->type = type;
+    e->rev = rev;
+    e->sub = sub;
+    e->create_rev = create_rev;
+    e->key_off = m->ev_arena.len;
+    e->key_len = key_len;
+    if (buf_put(&m->ev_arena, key, key_len))
+        return -1;
+    e->kv_off = m->ev_arena.len;
+    if (kv) {
+        if (buf_put(&m->ev_arena, kv, kv_len))
+            return -1;
+    } else {
+        /* A DELETE event's KeyValue: the key and the revision of the delete. */
+        kvv d = {.key = key, .key_len = key_len, .mod_rev = rev};
+        if (kv_encode(&m->ev_arena, &d, false))
+            return -1;
+    }
+    e->kv_len = m->ev_arena.len - e->kv_off;
+    e->has_prev = prev != NULL;
+    e->prev_off = m->ev_arena.len;
+    e->prev_len = prev_len;
+    if (prev && buf_put(&m->ev_arena, prev, prev_len))
+        return -1;
+    m->ev_n++;
+    return 0;
+}
+
+static void events_deliver(mvcc *m, mvcc_event_fn fn, void *arg)
+{
+    if (m->ev_n == 0)
+        return;
+    const uint8_t *a = m->ev_arena.data;
+    for (size_t i = 0; i < m->ev_n; i++) {
+        const struct ev_rec *e = &m->ev_recs[i];
+        m->ev_out[i] = (mvcc_event){
+            .type = e->type,
+            .rev = e->rev,
+            .sub = e->sub,
+            .create_rev = e->create_rev,
+            .key = a + e->key_off,
+            .key_len = e->key_len,
+            .kv = a + e->kv_off,
+            .kv_len = e->kv_len,
+            .prev_kv = e->has_prev ? a + e->prev_off : NULL,
+            .prev_kv_len = e->prev_len,
+        };
+    }
+    fn(arg, m->ev_out, m->ev_n);
 }
 
 /* ---- writing changes ---- */
@@ -69,7 +191,8 @@ static int write_put(apply_ctx *c, const kvv *kv, int64_t sub)
     return 0;
 }
 
-static int write_tombstone(apply_ctx *c, const uint8_t *k, size_t kl)
+static int write_tombstone(apply_ctx *c, const uint8_t *k, size_t kl, const uint8_t *prev,
+                           size_t prev_len, int64_t prev_mod)
 {
     mvcc *m = c->m;
     int64_t sub = next_sub(c);
@@ -90,6 +213,9 @@ static int write_tombstone(apply_ctx *c, const uint8_t *k, size_t kl)
         return -1;
     rocksdb_writebatch_wi_put_cf(m->wb, m->cf[CF_INDEX], (const char *)key->data, key->len,
                                  (const char *)&flag, 1);
+    if (m->ev_collect &&
+        event_add(m, MVCC_EVENT_DELETE, rev, sub, 0, k, kl, NULL, 0, prev, prev_len, prev_mod))
+        return -1;
     return 0;
 }
 
@@ -99,8 +225,9 @@ static int write_tombstone(apply_ctx *c, const uint8_t *k, size_t kl)
 static int do_put(apply_ctx *c, const Etcdserverpb__PutRequest *req, bool top, mvcc_buf *out,
                   mvcc_result *res)
 {
-    if (top && req->lease != 0 && !lease_known(c, req->lease))
-        return client_err(res, MVCC_STATUS_NOT_FOUND, ERR_LEASE_NOT_FOUND);
+    int known;
+    if (top && req->lease != 0 && (known = lease_known(c, req->lease)) <= 0)
+        return lease_unknown(known, res);
     range_rows *rows = c->rows;
     rows_reset(rows);
     int found = view_get(&c->v, req->key.data, req->key.len, rows);
@@ -124,6 +251,16 @@ static int do_put(apply_ctx *c, const Etcdserverpb__PutRequest *req, bool top, m
     };
     if (write_put(c, &kv, sub))
         return STEP_STORE_ERR;
+    /* lease_move leaves scratch alone: the event below reads write_put's
+     * record from it */
+    if (lease_move(c->m, prev ? prev->lease : 0, kv.lease, kv.key, kv.key_len))
+        return STEP_STORE_ERR;
+    /* write_put left the encoded record (flag byte + KeyValue) in scratch. */
+    if (c->m->ev_collect &&
+        event_add(c->m, MVCC_EVENT_PUT, rev, sub, kv.create_rev, kv.key, kv.key_len, c->m->scratch.data + 1,
+                  c->m->scratch.len - 1, prev ? rows->arena.data + rows->off[0] : NULL,
+                  prev ? rows->len[0] : 0, prev ? prev->mod_rev : 0))
+        return STEP_STORE_ERR;
     if (pb_header(out, 1, top ? c->h : NULL, rev))
         return STEP_STORE_ERR;
     if (req->prev_kv && prev &&
@@ -143,7 +280,10 @@ static int do_delete(apply_ctx *c, const Etcdserverpb__DeleteRangeRequest *req, 
                    0, 0, false, rows))
         return STEP_STORE_ERR;
     for (size_t i = 0; i < rows->n; i++)
-        if (write_tombstone(c, rows->kvs[i].key, rows->kvs[i].key_len))
+        if (lease_move(c->m, rows->kvs[i].lease, 0, rows->kvs[i].key, rows->kvs[i].key_len) ||
+            write_tombstone(c, rows->kvs[i].key, rows->kvs[i].key_len,
+                            rows->arena.data + rows->off[i], rows->len[i],
+                            rows->kvs[i].mod_rev))
             return STEP_STORE_ERR;
     /* A delete that found nothing reports the revision it started from,
      * unless an earlier op of the same txn changed something. */
@@ -222,8 +362,9 @@ static int check_puts(apply_ctx *c, const Etcdserverpb__TxnRequest *t, size_t *p
             if (!found)
                 return client_err(res, MVCC_STATUS_INVALID_ARGUMENT, ERR_KEY_NOT_FOUND);
         }
-        if (p->lease != 0 && !lease_known(c, p->lease))
-            return client_err(res, MVCC_STATUS_NOT_FOUND, ERR_LEASE_NOT_FOUND);
+        int known;
+        if (p->lease != 0 && (known = lease_known(c, p->lease)) <= 0)
+            return lease_unknown(known, res);
     }
     return STEP_OK;
 }
@@ -324,6 +465,7 @@ static int do_txn(apply_ctx *c, const Etcdserverpb__TxnRequest *t, bool write, m
         return rc;
     pos = 0;
     size_t start = out->len;
+    size_t ev_n = write ? c->m->ev_n : 0, ev_len = write ? c->m->ev_arena.len : 0;
     if (write)
         rocksdb_writebatch_wi_set_save_point(c->m->wb);
     rc = exec_txn(c, t, &pos, true, out, res);
@@ -339,6 +481,8 @@ static int do_txn(apply_ctx *c, const Etcdserverpb__TxnRequest *t, bool write, m
         }
         c->changes = 0;
         c->v.rev = c->begin_rev;
+        c->m->ev_n = ev_n;
+        c->m->ev_arena.len = ev_len;
     }
     if (rc != STEP_OK)
         out->len = start;
@@ -394,6 +538,74 @@ static int do_compact(apply_ctx *c, const Etcdserverpb__CompactionRequest *req, 
     return pb_header(out, 1, c->h, c->v.rev) ? STEP_STORE_ERR : STEP_OK;
 }
 
+/* ---- Leases ---- */
+
+/* etcd's lessor.Grant checks, in its order. The proposer has already chosen
+ * the ID and raised the TTL to the minimum. */
+static int do_lease_grant(apply_ctx *c, const Etcdserverpb__LeaseGrantRequest *req,
+                          mvcc_buf *out, mvcc_result *res)
+{
+    if (req->id == 0)
+        return client_err(res, MVCC_STATUS_NOT_FOUND, ERR_LEASE_NOT_FOUND);
+    if (req->ttl > MVCC_MAX_LEASE_TTL)
+        return client_err(res, MVCC_STATUS_OUT_OF_RANGE, ERR_LEASE_TTL_TOO_LARGE);
+    int64_t ttl = req->ttl > 0 ? req->ttl : 1;
+    int64_t old;
+    int found = lease_get(&c->v, req->id, &old);
+    if (found < 0)
+        return STEP_STORE_ERR;
+    if (found)
+        return client_err(res, MVCC_STATUS_FAILED_PRECONDITION, ERR_LEASE_EXISTS);
+    lease_put(c->m, req->id, ttl);
+    if (lease_changed(c->m, req->id, ttl) || pb_header(out, 1, c->h, c->v.rev) ||
+        pb_uint_field(out, 2, (uint64_t)req->id) || pb_uint_field(out, 3, (uint64_t)ttl))
+        return STEP_STORE_ERR;
+    return STEP_OK;
+}
+
+/* Deletes every attached key in one revision, in key order (as etcd's
+ * lessor.Revoke does), then the lease. */
+static int do_lease_revoke(apply_ctx *c, const Etcdserverpb__LeaseRevokeRequest *req,
+                           mvcc_buf *out, mvcc_result *res)
+{
+    int64_t ttl;
+    int found = lease_get(&c->v, req->id, &ttl);
+    if (found < 0)
+        return STEP_STORE_ERR;
+    if (!found)
+        return client_err(res, MVCC_STATUS_NOT_FOUND, ERR_LEASE_NOT_FOUND);
+    /* Collected first: an iterator over the batch must not see it change. */
+    mvcc_buf keys = {0};
+    int rc = lease_collect_keys(&c->v, req->id, &keys) ? STEP_STORE_ERR : STEP_OK;
+    for (size_t pos = 0; rc == STEP_OK && pos < keys.len;) {
+        uint32_t kl;
+        memcpy(&kl, keys.data + pos, sizeof kl);
+        const uint8_t *k = keys.data + pos + sizeof kl;
+        pos += sizeof kl + kl;
+        range_rows *rows = c->rows;
+        rows_reset(rows);
+        int live = view_get(&c->v, k, kl, rows);
+        if (live < 0 || lease_move(c->m, req->id, 0, k, kl))
+            rc = STEP_STORE_ERR;
+        else if (live && write_tombstone(c, k, kl, rows->arena.data + rows->off[0], rows->len[0],
+                                         rows->kvs[0].mod_rev))
+            rc = STEP_STORE_ERR;
+    }
+    free(keys.data);
+    if (rc != STEP_OK)
+        return rc;
+    lease_del(c->m, req->id);
+    if (lease_changed(c->m, req->id, 0) || pb_header(out, 1, c->h, c->v.rev))
+        return STEP_STORE_ERR;
+    return STEP_OK;
+}
+
+static void lease_changes_deliver(mvcc *m)
+{
+    for (size_t i = 0; i < m->lease_n; i++)
+        m->lease_fn(m->lease_fn_arg, m->lease_changes[i].id, m->lease_changes[i].ttl);
+}
+
 /* ---- entries ---- */
 
 static int write_meta(mvcc *m, uint64_t index, int64_t rev, int64_t compact_rev)
@@ -420,6 +632,10 @@ int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h, Ballastpb__Op *con
         return 0;
     }
     rocksdb_writebatch_wi_clear(m->wb);
+    m->lease_n = 0;
+    m->ev_n = 0;
+    m->ev_arena.len = 0;
+    m->ev_collect = __atomic_load_n(&m->event_fn, __ATOMIC_ACQUIRE) != NULL;
     apply_ctx c = {.m = m, .h = h, .rows = &m->rows, .path = &m->path,
                    .path_cap = &m->path_cap};
     c.v.m = m;
@@ -448,6 +664,12 @@ int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h, Ballastpb__Op *con
         case BALLASTPB__OP__OP_COMPACTION:
             rc = do_compact(&c, op->compaction, out, res);
             break;
+        case BALLASTPB__OP__OP_LEASE_GRANT:
+            rc = do_lease_grant(&c, op->lease_grant, out, res);
+            break;
+        case BALLASTPB__OP__OP_LEASE_REVOKE:
+            rc = do_lease_revoke(&c, op->lease_revoke, out, res);
+            break;
         default:
             rc = client_err(res, MVCC_STATUS_INVALID_ARGUMENT, "etcdserver: unknown operation");
             break;
@@ -474,6 +696,8 @@ int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h, Ballastpb__Op *con
     pthread_mutex_lock(&m->mu);
     rocksdb_write_writebatch_wi(m->db, m->wo, m->wb, &err);
     bool compacted = false;
+    mvcc_event_fn fn = m->event_fn;
+    void *fn_arg = m->event_arg;
     if (!err) {
         m->applied_index = index;
         m->rev = c.v.rev;
@@ -491,5 +715,13 @@ int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h, Ballastpb__Op *con
     }
     if (compacted)
         compactor_kick(m);
+    if (m->lease_fn)
+        lease_changes_deliver(m);
+    if (m->ev_collect && fn)
+        events_deliver(m, fn, fn_arg);
+    if (m->ev_arena.cap > (4u << 20)) {
+        free(m->ev_arena.data);
+        m->ev_arena = (mvcc_buf){0};
+    }
     return 0;
 }

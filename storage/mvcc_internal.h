@@ -90,7 +90,7 @@ typedef struct range_rows {
     int64_t count;
 } range_rows;
 
-enum { CF_DEFAULT, CF_META, CF_REV, CF_INDEX, CF_CURRENT, CF_COUNT };
+enum { CF_DEFAULT, CF_META, CF_REV, CF_INDEX, CF_CURRENT, CF_LEASE, CF_LEASE_KEYS, CF_COUNT };
 
 struct mvcc {
     rocksdb_t *db;
@@ -117,8 +117,23 @@ struct mvcc {
     range_rows rows;            /* rows read while applying */
     bool *path;                 /* compare outcomes of the txn being applied */
     size_t path_cap;
-    mvcc_lease_exists_fn lease_exists;
-    void *lease_arg;
+    /* Leases granted (ttl > 0) or revoked (ttl 0) by the entry being
+     * applied, handed to the lease hook once the batch is committed. */
+    mvcc_lease_fn lease_fn;
+    void *lease_fn_arg;
+    struct lease_change *lease_changes;
+    size_t lease_n, lease_cap;
+
+    /* Watch events of the entry being applied, collected only while an
+     * event hook is set; handed to the hook once the batch is committed. */
+    mvcc_event_fn event_fn;     /* set under mu */
+    void *event_arg;
+    bool ev_collect;            /* a hook was set when this entry began */
+    mvcc_buf ev_arena;          /* keys, KeyValues and prev KeyValues */
+    struct ev_rec *ev_recs;     /* offsets into ev_arena (it may move) */
+    size_t ev_n, ev_cap;
+    mvcc_event *ev_out;
+    size_t ev_out_cap;
 
     /* Physical compaction (background thread). */
     pthread_t compactor;
@@ -132,6 +147,14 @@ struct mvcc {
     void *compact_cb_arg;
 };
 
+/* One collected event; offsets into mvcc.ev_arena. */
+struct ev_rec {
+    int type;
+    int64_t rev, sub, create_rev;
+    size_t key_off, key_len, kv_off, kv_len, prev_off, prev_len;
+    bool has_prev;
+};
+
 /* A consistent view to read from: either a snapshot of committed data
  * (wb == NULL) or, during apply, the committed data plus the entry's own
  * uncommitted writes. */
@@ -142,6 +165,29 @@ typedef struct mvcc_view {
     int64_t rev;          /* what revision 0 means: the view's current revision */
     int64_t compact_rev;
 } mvcc_view;
+
+/* ---- mvcc_lease.c: the "lease" and "lease_keys" column families ---- */
+
+struct lease_change {
+    int64_t id, ttl;
+};
+
+#define ERR_LEASE_EXISTS "etcdserver: lease already exists"
+#define ERR_LEASE_TTL_TOO_LARGE "etcdserver: too large lease TTL"
+
+/* Through the view (during apply: the entry's own writes included):
+ * 1 and *ttl when the lease exists, 0 when not, -1 on a store error. */
+int lease_get(mvcc_view *v, int64_t id, int64_t *ttl);
+/* Writes into the apply batch m->wb. */
+void lease_put(mvcc *m, int64_t id, int64_t ttl);
+void lease_del(mvcc *m, int64_t id);
+/* Moves `key` from lease `from` to lease `to` (0: none). */
+int lease_move(mvcc *m, int64_t from, int64_t to, const uint8_t *key, size_t key_len);
+/* Appends the keys attached to `id` to `keys` as (u32 length, bytes)
+ * records, in key order. Returns 0 or -1. */
+int lease_collect_keys(mvcc_view *v, int64_t id, mvcc_buf *keys);
+/* Records a grant (ttl > 0) or revoke (0) for the lease hook. */
+int lease_changed(mvcc *m, int64_t id, int64_t ttl);
 
 /* ---- mvcc.c ---- */
 
@@ -166,6 +212,12 @@ void compactor_kick(mvcc *m);
 /* ---- mvcc_read.c ---- */
 
 void rows_reset(range_rows *r);
+/* A read option set for the view (NULL when out of memory): destroy it
+ * after use. An iterator over one column family of the view. */
+rocksdb_readoptions_t *view_ro(mvcc_view *v);
+rocksdb_iterator_t *view_iter(mvcc_view *v, int cf, rocksdb_readoptions_t *ro);
+/* Point read through the view; *val is malloc'd (NULL when absent). */
+int view_point(mvcc_view *v, int cf, const void *key, size_t n, char **val, size_t *vlen);
 void rows_free(range_rows *r);
 /* The calling thread's reusable rows (and txn path buffer, if asked), for
  * reads outside apply; give them back with reader_rows_done. */

@@ -123,7 +123,7 @@ static int bytes_compare(const uint8_t *a, size_t an, const uint8_t *b, size_t b
     return an < bn ? -1 : an > bn;
 }
 
-static rocksdb_readoptions_t *view_ro(mvcc_view *v)
+rocksdb_readoptions_t *view_ro(mvcc_view *v)
 {
     rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
     if (ro && v->snap)
@@ -131,7 +131,7 @@ static rocksdb_readoptions_t *view_ro(mvcc_view *v)
     return ro;
 }
 
-static rocksdb_iterator_t *view_iter(mvcc_view *v, int cf, rocksdb_readoptions_t *ro)
+rocksdb_iterator_t *view_iter(mvcc_view *v, int cf, rocksdb_readoptions_t *ro)
 {
     rocksdb_iterator_t *it = rocksdb_create_iterator_cf(v->m->db, ro, v->m->cf[cf]);
     if (it && v->wb)
@@ -139,8 +139,7 @@ static rocksdb_iterator_t *view_iter(mvcc_view *v, int cf, rocksdb_readoptions_t
     return it;
 }
 
-/* Point read through the view; *val is malloc'd (NULL when absent). */
-static int view_point(mvcc_view *v, int cf, const void *key, size_t n, char **val,
+int view_point(mvcc_view *v, int cf, const void *key, size_t n, char **val,
                       size_t *vlen)
 {
     char *err = NULL;

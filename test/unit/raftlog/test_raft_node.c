@@ -17,6 +17,7 @@ typedef struct waiter {
     int done;
     int status;
     int64_t revision;
+    int not_put; /* the response is not a PutResponse */
 } waiter;
 
 static void op_done(void *ctx, const mvcc_result *res, const uint8_t *base, void *arg)
@@ -24,7 +25,7 @@ static void op_done(void *ctx, const mvcc_result *res, const uint8_t *base, void
     (void)arg;
     waiter *w = ctx;
     int64_t rev = 0;
-    if (res->status == 0 && res->len) {
+    if (res->status == 0 && res->len && !w->not_put) {
         Etcdserverpb__PutResponse *r = etcdserverpb__put_response__unpack(NULL, res->len, base + res->off);
         CHECK(r && r->header);
         rev = r->header->revision;
@@ -43,6 +44,19 @@ static void read_done(void *ctx, int status, const char *message, void *arg)
     (void)message;
     mvcc_result r = {status, NULL, 0, 0};
     op_done(ctx, &r, NULL, arg);
+}
+
+/* leader_change: how many times this member started leading, and whether
+ * it leads now. */
+static int leader_starts, leading_now;
+
+static void on_leader_change(void *arg, int leading)
+{
+    (void)arg;
+    CHECK(leading != __atomic_load_n(&leading_now, __ATOMIC_ACQUIRE));
+    if (leading)
+        __atomic_add_fetch(&leader_starts, 1, __ATOMIC_ACQ_REL);
+    __atomic_store_n(&leading_now, leading, __ATOMIC_RELEASE);
 }
 
 static void wait_for(waiter *w)
@@ -88,6 +102,7 @@ static raft_node *start(const char *dir, mvcc **store)
         .batch = {BATCH_ADAPTIVE, 100, 1000, 4, 1 << 20},
         .op_done = op_done,
         .read_done = read_done,
+        .leader_change = on_leader_change,
     };
     raft_node *n = NULL;
     if (raft_node_start(&cfg, &n, &err) != 0) {
@@ -103,6 +118,8 @@ static raft_node *start(const char *dir, mvcc **store)
         usleep(10000);
     }
     CHECK(raft_node_read_ready(n));
+    /* told before reads are ready: a lessor is promoted before it serves */
+    CHECK_EQ_INT(__atomic_load_n(&leading_now, __ATOMIC_ACQUIRE), 1);
     return n;
 }
 
@@ -137,7 +154,7 @@ int main(void)
     CHECK_EQ_INT(mvcc_current_revision(store), OPS + 1);
 
     /* A barrier read completes after everything before it was applied. */
-    waiter rw = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, -1, 0};
+    waiter rw = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, -1, 0, 0};
     raft_node_read_index(n, &rw);
     wait_for(&rw);
     CHECK_EQ_INT(rw.status, 0);
@@ -150,17 +167,38 @@ int main(void)
     CHECK(applied >= m.entries_total);
     raft_node_stop(n);
     mvcc_close(store);
+    CHECK_EQ_INT(leader_starts, 1);
+    __atomic_store_n(&leading_now, 0, __ATOMIC_RELEASE); /* a new process, in effect */
 
     /* Restart: the log and the store agree; writes continue at the next revision. */
     n = start(dir, &store);
     CHECK_EQ_INT(mvcc_current_revision(store), OPS + 1);
-    waiter w2 = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, -1, 0};
+    waiter w2 = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, -1, 0, 0};
     uint8_t req[64];
     size_t len = pack_put(OPS, req);
     CHECK_EQ_INT(raft_node_submit(n, BATCH_OP_PUT, req, len, &w2), 0);
     wait_for(&w2);
     CHECK_EQ_INT(w2.status, 0);
     CHECK_EQ_INT(w2.revision, OPS + 2);
+    CHECK_EQ_INT(leader_starts, 2);
+
+    /* Lease ops travel through the entry codec and apply like any write. */
+    Etcdserverpb__LeaseGrantRequest g = ETCDSERVERPB__LEASE_GRANT_REQUEST__INIT;
+    g.id = 42;
+    g.ttl = 30;
+    len = etcdserverpb__lease_grant_request__pack(&g, req);
+    waiter w3 = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, -1, 0, 0};
+    w3.not_put = 1;
+    CHECK_EQ_INT(raft_node_submit(n, BATCH_OP_LEASE_GRANT, req, len, &w3), 0);
+    wait_for(&w3);
+    CHECK_EQ_INT(w3.status, 0);
+    Etcdserverpb__LeaseRevokeRequest rv = ETCDSERVERPB__LEASE_REVOKE_REQUEST__INIT;
+    rv.id = 43;
+    len = etcdserverpb__lease_revoke_request__pack(&rv, req);
+    waiter w4 = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, -1, 0, 0};
+    CHECK_EQ_INT(raft_node_submit(n, BATCH_OP_LEASE_REVOKE, req, len, &w4), 0);
+    wait_for(&w4);
+    CHECK_EQ_INT(w4.status, MVCC_STATUS_NOT_FOUND);
     raft_node_stop(n);
     mvcc_close(store);
 

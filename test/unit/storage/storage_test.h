@@ -174,8 +174,9 @@ static inline Etcdserverpb__RangeResponse *ts_range(tstore *t, const char *k, co
 
 static inline int kv_is(const Mvccpb__KeyValue *kv, const char *k, const char *v)
 {
-    return kv->key.len == strlen(k) && memcmp(kv->key.data, k, kv->key.len) == 0 &&
-           (v == NULL || (kv->value.len == strlen(v) && memcmp(kv->value.data, v, kv->value.len) == 0));
+    return kv->key.len == strlen(k) && (kv->key.len == 0 || memcmp(kv->key.data, k, kv->key.len) == 0) &&
+           (v == NULL || (kv->value.len == strlen(v) &&
+                          (kv->value.len == 0 || memcmp(kv->value.data, v, kv->value.len) == 0)));
 }
 
 static inline mvcc_result ts_compact(tstore *t, int64_t rev, int physical)

@@ -226,18 +226,18 @@ static void test_put_options(void)
     ts_close(&t);
 }
 
-static int lease_7_exists(void *arg, int64_t id)
-{
-    (void)arg;
-    return id == 7;
-}
-
 static void test_leases(void)
 {
     tstore t;
     ts_open(&t);
-    mvcc_set_lease_lookup(t.m, lease_7_exists, NULL);
-    mvcc_result res;
+    Etcdserverpb__LeaseGrantRequest g = ETCDSERVERPB__LEASE_GRANT_REQUEST__INIT;
+    g.id = 7;
+    g.ttl = 60;
+    Ballastpb__Op gop = BALLASTPB__OP__INIT;
+    gop.op_case = BALLASTPB__OP__OP_LEASE_GRANT;
+    gop.lease_grant = &g;
+    mvcc_result res = ts_apply(&t, &gop);
+    CHECK_EQ_INT(res.status, MVCC_STATUS_OK);
     Etcdserverpb__PutRequest p = ETCDSERVERPB__PUT_REQUEST__INIT;
     p.key = bin("k");
     p.value = bin("v");
