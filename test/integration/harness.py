@@ -267,6 +267,62 @@ def spawn(cmd, log_path, cwd=None, env=None, death_signal="KILL"):
     return register_process(proc)
 
 
+def start_process(cmd, stdout_path, stderr_path, stdin_pipe=False, cwd=None, env=None,
+                  death_signal="KILL"):
+    """Starts a long-running process (e.g. `etcdctl watch`) with stdout and
+    stderr in two files and, if stdin_pipe, a pipe on its stdin (binary);
+    registered for clean-up like spawn()."""
+    with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
+        proc = subprocess.Popen(_with_pdeathsig(cmd, death_signal),
+                                stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
+                                stdout=out, stderr=err, cwd=cwd, env=env)
+    return register_process(proc)
+
+
+def etcdctl_env():
+    """The environment etcdctl runs with: ETCDCTL_API=3 and no other ETCDCTL_*."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL")}
+    env["ETCDCTL_API"] = "3"
+    return env
+
+
+def tcp_connected(pid, port):
+    """True when process `pid` has an established TCP connection to
+    127.0.0.1:`port` (from /proc: its socket inodes and /proc/net/tcp)."""
+    inodes = set()
+    try:
+        for fd in os.listdir("/proc/%d/fd" % pid):
+            try:
+                link = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    except OSError:
+        return False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                lines = f.readlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == "01" and fields[9] in inodes and \
+                    int(fields[2].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
+def read_rss_kib(pid):
+    """VmRSS of a process in KiB (from /proc/PID/status)."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise TestFailure("no VmRSS in /proc/%d/status" % pid)
+
+
 def run_command(cmd, timeout=30, stdin=None, env=None, cwd=None):
     """Runs a short command to completion; returns CompletedProcess (text)."""
     try:
