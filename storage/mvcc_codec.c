@@ -286,3 +286,13 @@ int idxkey_parse(const uint8_t *p, size_t n, mvcc_buf *key_out, int64_t *main, i
     *sub = ~s;
     return 0;
 }
+
+bool iter_failed(rocksdb_iterator_t *it)
+{
+    char *err = NULL;
+    rocksdb_iter_get_error(it, &err);
+    if (!err)
+        return false;
+    free(err);
+    return true;
+}

@@ -106,12 +106,8 @@ static int compact_chunk(mvcc *m, int64_t target, bool *finished)
             size_t kl;
             memcpy(pos, rocksdb_iter_key(it, &kl), REVKEY_LEN);
         } else {
-            char *err = NULL;
-            rocksdb_iter_get_error(it, &err);
-            if (err) {
-                free(err);
+            if (iter_failed(it))
                 rc = -1;
-            }
             memcpy(pos, upper, REVKEY_LEN);
             *finished = true;
         }

@@ -116,14 +116,8 @@ int mvcc_history_events(mvcc_history *h, int64_t from, int64_t to, size_t max_ev
         if ((max_events && n >= max_events) || (max_bytes && bytes >= max_bytes))
             full = true;
     }
-    if (rc == 0) {
-        char *err = NULL;
-        rocksdb_iter_get_error(it, &err);
-        if (err) {
-            free(err);
-            rc = -1;
-        }
-    }
+    if (rc == 0 && iter_failed(it))
+        rc = -1;
     rocksdb_iter_destroy(it);
     rocksdb_readoptions_destroy(ro);
     if (rc == 0)
@@ -164,12 +158,8 @@ int mvcc_history_prev(mvcc_history *h, const uint8_t *key, size_t key_len, int64
             rc = 1;
         }
     } else {
-        char *err = NULL;
-        rocksdb_iter_get_error(it, &err);
-        if (err) {
-            free(err);
+        if (iter_failed(it))
             rc = -1;
-        }
     }
     rocksdb_iter_destroy(it);
     if (rc != 1)

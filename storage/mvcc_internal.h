@@ -216,6 +216,8 @@ void rows_reset(range_rows *r);
  * after use. An iterator over one column family of the view. */
 rocksdb_readoptions_t *view_ro(mvcc_view *v);
 rocksdb_iterator_t *view_iter(mvcc_view *v, int cf, rocksdb_readoptions_t *ro);
+/* True when the iterator stopped on an error rather than at its end. */
+bool iter_failed(rocksdb_iterator_t *it);
 /* Point read through the view; *val is malloc'd (NULL when absent). */
 int view_point(mvcc_view *v, int cf, const void *key, size_t n, char **val, size_t *vlen);
 void rows_free(range_rows *r);

@@ -103,12 +103,8 @@ static int each_key(mvcc_view *v, int64_t id,
                 break;
             }
         }
-        char *err = NULL;
-        rocksdb_iter_get_error(it, &err);
-        if (err) {
-            free(err);
+        if (iter_failed(it))
             rc = -1;
-        }
         rocksdb_iter_destroy(it);
     }
     rocksdb_readoptions_destroy(ro);
@@ -163,12 +159,8 @@ int mvcc_lease_list(mvcc *m, mvcc_lease_fn fn, void *arg)
             }
             fn(arg, (int64_t)be64_decode((const uint8_t *)k), (int64_t)be64_decode((const uint8_t *)val));
         }
-        char *err = NULL;
-        rocksdb_iter_get_error(it, &err);
-        if (err) {
-            free(err);
+        if (iter_failed(it))
             rc = -1;
-        }
         rocksdb_iter_destroy(it);
     }
     if (ro)

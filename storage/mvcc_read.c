@@ -202,12 +202,8 @@ static int range_current(mvcc_view *v, const uint8_t *key, size_t key_len,
         rocksdb_iter_next(it);
     }
     if (it) {
-        char *err = NULL;
-        rocksdb_iter_get_error(it, &err);
-        if (err) {
-            free(err);
+        if (iter_failed(it))
             rc = -1;
-        }
         rocksdb_iter_destroy(it);
     }
     rocksdb_readoptions_destroy(ro);
@@ -301,14 +297,8 @@ static int range_past(mvcc_view *v, const uint8_t *key, size_t key_len,
         }
         iter_skip_to(it, &seekto);
     }
-    if (rc == 0) {
-        char *err = NULL;
-        rocksdb_iter_get_error(it, &err);
-        if (err) {
-            free(err);
-            rc = -1;
-        }
-    }
+    if (rc == 0 && iter_failed(it))
+        rc = -1;
 out:
     if (it)
         rocksdb_iter_destroy(it);
