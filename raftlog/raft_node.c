@@ -15,6 +15,9 @@
 #include <uv.h>
 
 #define TICK_MS 50
+/* Entries between two snapshots at most, and entries kept after one. */
+#define SNAPSHOT_THRESHOLD_MAX 512
+#define SNAPSHOT_TRAILING 128
 #define SNAPSHOT_MAGIC 0x31504e5354534c42ull /* "BLSTSNP1" */
 
 static const char ERR_NO_LEADER[] = "etcdserver: no leader";
@@ -584,12 +587,14 @@ int raft_node_start(const raft_node_config *cfg, raft_node **out, char **errmsg)
     raft_set_election_timeout(&n->raft, cfg->election_ms);
     raft_set_pre_vote(&n->raft, true);
     /* A snapshot only syncs RocksDB (the store is the snapshot), so it is
-     * cheap; taking one often bounds the entries c-raft keeps in memory. */
-    unsigned threshold = cfg->snapshot_count < 4096 ? (unsigned)cfg->snapshot_count : 4096;
+     * cheap; c-raft keeps every entry since the last snapshot in memory, so
+     * taking one often bounds memory (entries may hold up to 100 ops). */
+    unsigned threshold = cfg->snapshot_count < SNAPSHOT_THRESHOLD_MAX ? (unsigned)cfg->snapshot_count
+                                                                      : SNAPSHOT_THRESHOLD_MAX;
     if (threshold == 0)
         threshold = 1;
     raft_set_snapshot_threshold(&n->raft, threshold);
-    raft_set_snapshot_trailing(&n->raft, threshold < 1024 ? threshold : 1024);
+    raft_set_snapshot_trailing(&n->raft, threshold < SNAPSHOT_TRAILING ? threshold : SNAPSHOT_TRAILING);
 
     n->batch_timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
     if (n->batch_timerfd < 0)
