@@ -18,6 +18,10 @@
 /* etcd revokes at most 500 leases per half second (leaseRevokeRate / 2). */
 #define EXPIRE_BATCH 500
 #define EXPIRE_PAUSE_NS (500 * NS_PER_MS)
+/* etcd spreads expiries after a promotion once there are as many leases as
+ * its revoke rate (1000/s), aiming at 3/4 of that rate per second. */
+#define PROMOTE_SPREAD_MIN 1000
+#define PROMOTE_SPREAD_RATE 750
 
 typedef struct lease {
     int64_t id;
@@ -339,14 +343,58 @@ void lessor_store_changed(void *arg, int64_t id, int64_t ttl)
     pthread_mutex_unlock(&l->mu);
 }
 
+static int by_expiry(const void *a, const void *b)
+{
+    const lease *x = *(lease *const *)a, *y = *(lease *const *)b;
+    return expires_before(x, y) ? -1 : expires_before(y, x) ? 1 : 0;
+}
+
+/* After a promotion every lease's expiry moved to now + extend + TTL, so
+ * leases granted close together would all expire in the same second. Like
+ * etcd 3.4 (from PROMOTE_SPREAD_MIN leases on), walk them by expiry and push
+ * those beyond PROMOTE_SPREAD_RATE in one one-second window into later
+ * windows, so expiries stay under the revoke rate. */
+static void spread_expiries(lessor *l, int64_t now, int64_t extend_ns)
+{
+    lease **v = malloc(l->count * sizeof *v);
+    if (!v)
+        return; /* unspread expiries are still correct, only bunched */
+    size_t n = 0;
+    for (size_t i = 0; i < l->cap; i++)
+        if (l->slots[i])
+            v[n++] = l->slots[i];
+    qsort(v, n, sizeof *v, by_expiry);
+    int64_t window = v[0]->expiry - now, window_end = window + NS_PER_SEC, in_window = 0;
+    for (size_t i = 0; i < n; i++) {
+        int64_t remaining = v[i]->expiry - now;
+        if (remaining > window_end) {
+            window = remaining;
+            window_end = window + NS_PER_SEC;
+            in_window = 1;
+            continue;
+        }
+        if (++in_window <= PROMOTE_SPREAD_RATE)
+            continue;
+        /* Later leases of a window are pushed further; a lease already
+         * `remaining - window` into the window needs that much less. */
+        int64_t delay = NS_PER_SEC * in_window / PROMOTE_SPREAD_RATE - (remaining - window);
+        window_end = window + delay;
+        refresh(l, v[i], add_sat(now, add_sat(add_sat(delay, extend_ns), ttl_ns(v[i]->ttl))));
+    }
+    free(v);
+}
+
 void lessor_promote(lessor *l)
 {
     pthread_mutex_lock(&l->mu);
     l->primary = true;
-    int64_t base = add_sat(now_ns(l), l->cfg.promote_extend_ms * NS_PER_MS);
+    int64_t now = now_ns(l), extend = l->cfg.promote_extend_ms * NS_PER_MS;
+    int64_t base = add_sat(now, extend);
     for (size_t i = 0; i < l->cap; i++)
         if (l->slots[i])
             refresh(l, l->slots[i], add_sat(base, ttl_ns(l->slots[i]->ttl)));
+    if (l->count >= PROMOTE_SPREAD_MIN)
+        spread_expiries(l, now, extend);
     pthread_cond_signal(&l->cv);
     pthread_mutex_unlock(&l->mu);
 }
@@ -401,12 +449,6 @@ int lessor_lookup(lessor *l, int64_t id, int64_t *ttl, int64_t *remaining_ns)
     }
     pthread_mutex_unlock(&l->mu);
     return e ? LESSOR_OK : LESSOR_NOT_FOUND;
-}
-
-static int by_expiry(const void *a, const void *b)
-{
-    const lease *x = *(lease *const *)a, *y = *(lease *const *)b;
-    return expires_before(x, y) ? -1 : expires_before(y, x) ? 1 : 0;
 }
 
 int lessor_leases(lessor *l, int64_t **ids, size_t *n)

@@ -224,6 +224,47 @@ static void test_many(void)
     lessor_free(l);
 }
 
+/* With 1000 leases or more, a promotion spreads expiries that would fall in
+ * one second so that no second holds more than 750 (etcd 3.4's rule). */
+static void test_promotion_spreads_expiries(void)
+{
+    fake f;
+    lessor *l = new_lessor(&f);
+    enum { N = 2000 };
+    for (int64_t id = 1; id <= N; id++)
+        lessor_store_changed(l, id, 30);
+    lessor_promote(l);
+    int64_t per_second[16] = {0}, latest = 0;
+    for (int64_t id = 1; id <= N; id++) {
+        int64_t ttl, remaining;
+        CHECK_EQ_INT(lessor_lookup(l, id, &ttl, &remaining), LESSOR_OK);
+        CHECK(remaining >= 31 * SEC); /* never earlier than TTL + extend */
+        int64_t s = remaining / SEC - 31;
+        CHECK(s >= 0 && s < 16);
+        per_second[s]++;
+        if (remaining > latest)
+            latest = remaining;
+    }
+    for (int i = 0; i < 16; i++)
+        CHECK(per_second[i] <= 750);
+    /* 2000 leases at 750 a second need under three seconds. */
+    CHECK(latest < 34 * SEC);
+    CHECK(latest > 33 * SEC);
+    lessor_free(l);
+
+    /* Under 1000 leases nothing moves. */
+    l = new_lessor(&f);
+    for (int64_t id = 1; id < 1000; id++)
+        lessor_store_changed(l, id, 30);
+    lessor_promote(l);
+    for (int64_t id = 1; id < 1000; id++) {
+        int64_t ttl, remaining;
+        CHECK_EQ_INT(lessor_lookup(l, id, &ttl, &remaining), LESSOR_OK);
+        CHECK_EQ_INT(remaining, 31 * SEC);
+    }
+    lessor_free(l);
+}
+
 int main(void)
 {
     test_expiry_order_and_retry();
@@ -231,6 +272,7 @@ int main(void)
     test_follower_and_promotion();
     test_leases_order();
     test_many();
+    test_promotion_spreads_expiries();
     printf("test_lessor: ok\n");
     return 0;
 }
