@@ -96,7 +96,7 @@ int main(int argc, char **argv, char **envp)
         .header = watch_service_header,
         .header_arg = &b,
         .max_request_bytes = cfg.max_request_bytes,
-        .stream_backlog_limit = 4u << 20,
+        .stream_backlog_limit = 256u << 10,
         .progress_interval_ms = cfg.watch_progress_notify_interval_us / 1000,
     };
     b.watch = watch_hub_start(&wc, &err);
