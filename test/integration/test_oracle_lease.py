@@ -1,0 +1,45 @@
+"""The etcd-oracle finds no divergence in Lease (with KV, Txn, Watch and Compact).
+
+For each seed (default 1..20) a fresh candidate with an empty data dir is
+started and `etcd-oracle run --start-reference --seed S --ops N --mix
+kv,txn,watch,lease,compact` compares it step by step with a private etcd
+3.4.23.  Besides what test_oracle_watch.py covers, this exercises LeaseGrant
+(auto and explicit IDs, a duplicate ID, a TTL too large, a TTL below the
+minimum), LeaseRevoke (live, revoked and unknown leases, and the deletes it
+causes, seen by the watches), LeaseTimeToLive (keys or not), LeaseLeases, and
+puts and txn compares with leases.  Lease IDs the servers choose are mapped
+grant by grant; the remaining TTL may differ by 1 s (see the oracle's README).
+Two seeds run at a time; any seed that diverges or cannot run fails the test.
+Reproduction files are kept under the build dir's
+integration-artifacts/oracle_lease/ (replay one with `etcd-oracle replay FILE
+--candidate ... --start-reference` against a fresh candidate).
+(The machinery is in oracle_common.py, shared with test_oracle_kv.py.)
+
+Environment: BALLAST_ORACLE_LEASE_SEEDS ("1-20", "3", "1,5,7"),
+BALLAST_ORACLE_LEASE_OPS (2000) and BALLAST_ORACLE_LEASE_PARALLEL (2); each
+falls back to BALLAST_ORACLE_SEEDS / _OPS / _PARALLEL (shared with
+test_oracle_kv.py) when unset.  BALLAST_ORACLE_BIN as in test_oracle_kv.py.
+"""
+
+import harness
+import oracle_common
+from oracle_common import env_first
+
+MIX = "kv,txn,watch,lease,compact"
+SEED_TIMEOUT = 150          # one seed of 2000 ops takes ~10-20 s against etcd
+BUDGET = 700                # all seeds (ctest's TIMEOUT is 900 s)
+
+
+def main():
+    oracle_common.run_seeds(
+        "oracle_lease", MIX,
+        seeds=oracle_common.parse_seeds(env_first(
+            ["BALLAST_ORACLE_LEASE_SEEDS", "BALLAST_ORACLE_SEEDS"], "1-20")),
+        ops=int(env_first(["BALLAST_ORACLE_LEASE_OPS", "BALLAST_ORACLE_OPS"], "2000")),
+        parallel=int(env_first(["BALLAST_ORACLE_LEASE_PARALLEL", "BALLAST_ORACLE_PARALLEL"],
+                               "2")),
+        seed_timeout=SEED_TIMEOUT, budget=BUDGET)
+
+
+if __name__ == "__main__":
+    harness.run(main)
