@@ -116,3 +116,19 @@ def run_seeds(name, mix, seeds, ops, parallel, seed_timeout, budget, extra_args=
         print("=" * 70 + "\n" + message)
     harness.check(not failed, "%d of %d seeds diverged or failed: %s" % (
         len(failed), len(seeds), ", ".join(m.split(":")[0] for m in failed)))
+
+
+def run_mix(name, mix, env_key=None, seed_timeout=150, budget=700):
+    """Runs seeds of `mix` as test `name`, sized by BALLAST_ORACLE_<KEY>_SEEDS,
+    _OPS and _PARALLEL (KEY = env_key), each falling back to the shared
+    BALLAST_ORACLE_SEEDS / _OPS / _PARALLEL, then to 1-20 seeds x 2000 ops, two
+    at a time."""
+    def setting(suffix, default):
+        names = ["BALLAST_ORACLE_%s_%s" % (env_key, suffix)] if env_key else []
+        return env_first(names + ["BALLAST_ORACLE_%s" % suffix], default)
+
+    run_seeds(name, mix,
+              seeds=parse_seeds(setting("SEEDS", "1-20")),
+              ops=int(setting("OPS", "2000")),
+              parallel=int(setting("PARALLEL", "2")),
+              seed_timeout=seed_timeout, budget=budget)

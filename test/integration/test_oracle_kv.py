@@ -13,23 +13,16 @@ Environment: BALLAST_ORACLE_SEEDS ("1-20", "3", "1,5,7") and BALLAST_ORACLE_OPS
 BALLAST_ORACLE_BIN (default: shared/etcd-oracle/etcd-oracle beside the repo).
 """
 
-import os
 
 import harness
 import oracle_common
 
-MIX = "kv,txn,compact"
-SEED_TIMEOUT = 120          # one seed of 2000 ops takes ~5-15 s
+SEED_TIMEOUT = 120          # one seed of 2000 ops takes ~5-20 s
 BUDGET = 700                # all seeds (ctest's TIMEOUT is 900 s)
 
 
 def main():
-    oracle_common.run_seeds(
-        "oracle_kv", MIX,
-        seeds=oracle_common.parse_seeds(os.environ.get("BALLAST_ORACLE_SEEDS", "1-20")),
-        ops=int(os.environ.get("BALLAST_ORACLE_OPS", "2000")),
-        parallel=int(os.environ.get("BALLAST_ORACLE_PARALLEL", "2")),
-        seed_timeout=SEED_TIMEOUT, budget=BUDGET)
+    oracle_common.run_mix("oracle_kv", "kv,txn,compact", None, seed_timeout=SEED_TIMEOUT, budget=BUDGET)
 
 
 if __name__ == "__main__":

@@ -18,24 +18,16 @@ falls back to BALLAST_ORACLE_SEEDS / _OPS / _PARALLEL (shared with
 test_oracle_kv.py) when unset.  BALLAST_ORACLE_BIN as in test_oracle_kv.py.
 """
 
+
 import harness
 import oracle_common
-from oracle_common import env_first
 
-MIX = "kv,txn,watch,compact"
-SEED_TIMEOUT = 150          # one seed of 2000 ops takes ~10-20 s against etcd
+SEED_TIMEOUT = 150          # one seed of 2000 ops takes ~5-20 s
 BUDGET = 700                # all seeds (ctest's TIMEOUT is 900 s)
 
 
 def main():
-    oracle_common.run_seeds(
-        "oracle_watch", MIX,
-        seeds=oracle_common.parse_seeds(env_first(
-            ["BALLAST_ORACLE_WATCH_SEEDS", "BALLAST_ORACLE_SEEDS"], "1-20")),
-        ops=int(env_first(["BALLAST_ORACLE_WATCH_OPS", "BALLAST_ORACLE_OPS"], "2000")),
-        parallel=int(env_first(["BALLAST_ORACLE_WATCH_PARALLEL", "BALLAST_ORACLE_PARALLEL"],
-                               "2")),
-        seed_timeout=SEED_TIMEOUT, budget=BUDGET)
+    oracle_common.run_mix("oracle_watch", "kv,txn,watch,compact", "WATCH", seed_timeout=SEED_TIMEOUT, budget=BUDGET)
 
 
 if __name__ == "__main__":
