@@ -336,62 +336,59 @@ static int compute_path(apply_ctx *c, const Etcdserverpb__TxnRequest *t)
     return 0;
 }
 
-/* etcd's checks before a write txn runs, in its order: first every put of
- * the taken path (ignore_* need the key, a lease must exist), then every
- * range's revision. */
-static int check_puts(apply_ctx *c, const Etcdserverpb__TxnRequest *t, size_t *pos,
-                      mvcc_result *res)
+/* Calls `check` on every op of the taken path (nested txns entered, in
+ * order) and stops at the first that is not STEP_OK. */
+typedef int (*op_check_fn)(apply_ctx *c, const Etcdserverpb__RequestOp *op, mvcc_result *res);
+
+static int check_taken_ops(apply_ctx *c, const Etcdserverpb__TxnRequest *t, size_t *pos,
+                           op_check_fn check, mvcc_result *res)
 {
     size_t n;
     Etcdserverpb__RequestOp **ops = branch(t, (*c->path)[(*pos)++], &n);
     for (size_t i = 0; i < n; i++) {
-        int rc;
-        if (ops[i]->request_case == ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_TXN) {
-            if ((rc = check_puts(c, ops[i]->request_txn, pos, res)))
-                return rc;
-            continue;
-        }
-        if (ops[i]->request_case != ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_PUT)
-            continue;
-        const Etcdserverpb__PutRequest *p = ops[i]->request_put;
-        if (p->ignore_value || p->ignore_lease) {
-            rows_reset(c->rows);
-            int found = view_get(&c->v, p->key.data, p->key.len, c->rows);
-            if (found < 0)
-                return STEP_STORE_ERR;
-            if (!found)
-                return client_err(res, MVCC_STATUS_INVALID_ARGUMENT, ERR_KEY_NOT_FOUND);
-        }
-        int known;
-        if (p->lease != 0 && (known = lease_known(c, p->lease)) <= 0)
-            return lease_unknown(known, res);
+        int rc = ops[i]->request_case == ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_TXN
+                     ? check_taken_ops(c, ops[i]->request_txn, pos, check, res)
+                     : check(c, ops[i], res);
+        if (rc)
+            return rc;
     }
     return STEP_OK;
 }
 
-static int check_ranges(apply_ctx *c, const Etcdserverpb__TxnRequest *t, size_t *pos,
-                        mvcc_result *res)
+/* etcd's checks before a write txn runs, in its order: first every put of
+ * the taken path (ignore_* need the key, a lease must exist), then every
+ * range's revision. */
+static int check_put(apply_ctx *c, const Etcdserverpb__RequestOp *op, mvcc_result *res)
 {
-    size_t n;
-    Etcdserverpb__RequestOp **ops = branch(t, (*c->path)[(*pos)++], &n);
-    for (size_t i = 0; i < n; i++) {
-        int rc;
-        if (ops[i]->request_case == ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_TXN) {
-            if ((rc = check_ranges(c, ops[i]->request_txn, pos, res)))
-                return rc;
-            continue;
-        }
-        if (ops[i]->request_case != ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_RANGE)
-            continue;
-        int64_t r = ops[i]->request_range->revision;
-        if (r == 0)
-            continue;
-        /* Unlike a plain Range, a negative revision counts as compacted. */
-        if (r > c->v.rev)
-            return client_err(res, MVCC_STATUS_OUT_OF_RANGE, ERR_FUTURE_REV);
-        if (r < c->v.compact_rev)
-            return client_err(res, MVCC_STATUS_OUT_OF_RANGE, ERR_COMPACTED);
+    if (op->request_case != ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_PUT)
+        return STEP_OK;
+    const Etcdserverpb__PutRequest *p = op->request_put;
+    if (p->ignore_value || p->ignore_lease) {
+        rows_reset(c->rows);
+        int found = view_get(&c->v, p->key.data, p->key.len, c->rows);
+        if (found < 0)
+            return STEP_STORE_ERR;
+        if (!found)
+            return client_err(res, MVCC_STATUS_INVALID_ARGUMENT, ERR_KEY_NOT_FOUND);
     }
+    int known;
+    if (p->lease != 0 && (known = lease_known(c, p->lease)) <= 0)
+        return lease_unknown(known, res);
+    return STEP_OK;
+}
+
+static int check_range(apply_ctx *c, const Etcdserverpb__RequestOp *op, mvcc_result *res)
+{
+    if (op->request_case != ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_RANGE)
+        return STEP_OK;
+    int64_t r = op->request_range->revision;
+    if (r == 0)
+        return STEP_OK;
+    /* Unlike a plain Range, a negative revision counts as compacted. */
+    if (r > c->v.rev)
+        return client_err(res, MVCC_STATUS_OUT_OF_RANGE, ERR_FUTURE_REV);
+    if (r < c->v.compact_rev)
+        return client_err(res, MVCC_STATUS_OUT_OF_RANGE, ERR_COMPACTED);
     return STEP_OK;
 }
 
@@ -458,10 +455,10 @@ static int do_txn(apply_ctx *c, const Etcdserverpb__TxnRequest *t, bool write, m
         return STEP_STORE_ERR;
     size_t pos = 0;
     int rc;
-    if (write && (rc = check_puts(c, t, &pos, res)))
+    if (write && (rc = check_taken_ops(c, t, &pos, check_put, res)))
         return rc;
     pos = 0;
-    if ((rc = check_ranges(c, t, &pos, res)))
+    if ((rc = check_taken_ops(c, t, &pos, check_range, res)))
         return rc;
     pos = 0;
     size_t start = out->len;
