@@ -23,7 +23,7 @@
 static const char ERR_NO_LEADER[] = "etcdserver: no leader";
 static const char ERR_LEADER_CHANGED[] = "etcdserver: leader changed";
 static const char ERR_STOPPED[] = "etcdserver: server stopped";
-static const char ERR_NOSPACE_INTERNAL[] = "etcdserver: request cancelled";
+static const char ERR_CANCELLED[] = "etcdserver: request cancelled";
 
 /* A proposed entry waiting for its apply callback. */
 typedef struct proposal {
@@ -252,7 +252,7 @@ static void apply_cb(struct raft_apply *req, int status, void *result)
             n->cfg.op_done(p->ctxs[i], &r->results[i], n->out.data, n->cfg.cb_arg);
     } else {
         const char *msg = status == RAFT_SHUTDOWN ? ERR_STOPPED
-                          : status == RAFT_NOSPACE ? ERR_NOSPACE_INTERNAL
+                          : status == RAFT_NOSPACE ? ERR_CANCELLED
                                                    : ERR_LEADER_CHANGED;
         for (size_t i = 0; i < p->n_ops; i++)
             fail_op(n, p->ctxs[i], msg);
@@ -267,7 +267,7 @@ static void propose(raft_node *n, batch_entry *e)
     if (!p) {
         raft_free(e->buf);
         for (size_t i = 0; i < e->n_ops; i++)
-            fail_op(n, e->ctxs[i], ERR_NOSPACE_INTERNAL);
+            fail_op(n, e->ctxs[i], ERR_CANCELLED);
         free(e->ctxs);
         return;
     }
@@ -494,7 +494,7 @@ static void wake_from_proposer(void *arg)
 
 /* ---- public ---- */
 
-static int fail_start(raft_node *n, char **errmsg, const char *fmt, ...)
+static int fail_start(char **errmsg, const char *fmt, ...)
 {
     char buf[512];
     va_list ap;
@@ -502,7 +502,6 @@ static int fail_start(raft_node *n, char **errmsg, const char *fmt, ...)
     vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
     *errmsg = strdup(buf);
-    (void)n;
     return -1;
 }
 
@@ -527,7 +526,7 @@ int raft_node_start(const raft_node_config *cfg, raft_node **out, char **errmsg)
 {
     raft_node *n = calloc(1, sizeof *n);
     if (!n)
-        return fail_start(n, errmsg, "out of memory");
+        return fail_start(errmsg, "out of memory");
     n->cfg = *cfg;
     n->dir = strdup(cfg->dir);
     n->address = strdup(cfg->address);
@@ -538,25 +537,25 @@ int raft_node_start(const raft_node_config *cfg, raft_node **out, char **errmsg)
     n->batch_timerfd = -1;
 
     if (mkdir_p(n->dir) != 0)
-        return fail_start(n, errmsg, "cannot create raft directory %s: %s", n->dir, strerror(errno));
+        return fail_start(errmsg, "cannot create raft directory %s: %s", n->dir, strerror(errno));
     n->bp = batch_proposer_new(&cfg->batch, wake_from_proposer, n);
     if (!n->bp)
-        return fail_start(n, errmsg, "out of memory");
+        return fail_start(errmsg, "out of memory");
     int rv = uv_loop_init(&n->loop);
     if (rv != 0)
-        return fail_start(n, errmsg, "uv_loop_init: %s", uv_strerror(rv));
+        return fail_start(errmsg, "uv_loop_init: %s", uv_strerror(rv));
     rv = raft_uv_tcp_init(&n->transport, &n->loop);
     if (rv != 0)
-        return fail_start(n, errmsg, "raft transport: %s", raft_strerror(rv));
+        return fail_start(errmsg, "raft transport: %s", raft_strerror(rv));
     if (cfg->bind_address) {
         rv = raft_uv_tcp_set_bind_address(&n->transport, cfg->bind_address);
         if (rv != 0)
-            return fail_start(n, errmsg, "raft transport cannot bind %s: %s", cfg->bind_address,
+            return fail_start(errmsg, "raft transport cannot bind %s: %s", cfg->bind_address,
                               raft_strerror(rv));
     }
     rv = raft_uv_init(&n->io, &n->loop, n->dir, &n->transport);
     if (rv != 0)
-        return fail_start(n, errmsg, "raft log in %s: %s", n->dir, raft_strerror(rv));
+        return fail_start(errmsg, "raft log in %s: %s", n->dir, raft_strerror(rv));
     n->fsm.version = 1;
     n->fsm.data = n;
     n->fsm.apply = fsm_apply;
@@ -564,7 +563,7 @@ int raft_node_start(const raft_node_config *cfg, raft_node **out, char **errmsg)
     n->fsm.restore = fsm_restore;
     rv = raft_init(&n->raft, &n->io, &n->fsm, cfg->id, n->address);
     if (rv != 0)
-        return fail_start(n, errmsg, "raft init: %s", raft_errmsg(&n->raft));
+        return fail_start(errmsg, "raft init: %s", raft_errmsg(&n->raft));
     n->raft.data = n;
 
     if (!cfg->join_existing) {
@@ -575,13 +574,13 @@ int raft_node_start(const raft_node_config *cfg, raft_node **out, char **errmsg)
                                         cfg->initial_members[i].address, RAFT_VOTER);
             if (rv != 0) {
                 raft_configuration_close(&conf);
-                return fail_start(n, errmsg, "initial cluster: %s", raft_strerror(rv));
+                return fail_start(errmsg, "initial cluster: %s", raft_strerror(rv));
             }
         }
         rv = raft_bootstrap(&n->raft, &conf);
         raft_configuration_close(&conf);
         if (rv != 0 && rv != RAFT_CANTBOOTSTRAP)
-            return fail_start(n, errmsg, "raft bootstrap: %s", raft_errmsg(&n->raft));
+            return fail_start(errmsg, "raft bootstrap: %s", raft_errmsg(&n->raft));
     }
     raft_set_heartbeat_timeout(&n->raft, cfg->heartbeat_ms);
     raft_set_election_timeout(&n->raft, cfg->election_ms);
@@ -598,7 +597,7 @@ int raft_node_start(const raft_node_config *cfg, raft_node **out, char **errmsg)
 
     n->batch_timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
     if (n->batch_timerfd < 0)
-        return fail_start(n, errmsg, "timerfd: %s", strerror(errno));
+        return fail_start(errmsg, "timerfd: %s", strerror(errno));
     uv_async_init(&n->loop, &n->wake, on_wake);
     n->wake.data = n;
     uv_check_init(&n->loop, &n->check);
@@ -613,10 +612,10 @@ int raft_node_start(const raft_node_config *cfg, raft_node **out, char **errmsg)
 
     rv = raft_start(&n->raft);
     if (rv != 0)
-        return fail_start(n, errmsg, "raft start: %s (%s)", raft_strerror(rv), raft_errmsg(&n->raft));
+        return fail_start(errmsg, "raft start: %s (%s)", raft_strerror(rv), raft_errmsg(&n->raft));
     publish_status(n);
     if (pthread_create(&n->thread, NULL, loop_main, n) != 0)
-        return fail_start(n, errmsg, "cannot start the raft thread");
+        return fail_start(errmsg, "cannot start the raft thread");
     n->thread_started = 1;
     *out = n;
     return 0;

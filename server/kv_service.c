@@ -30,14 +30,6 @@ typedef struct pending_read {
     void *req;
 } pending_read;
 
-static void free_read_req(read_kind kind, void *req)
-{
-    if (kind == READ_RANGE)
-        etcdserverpb__range_request__free_unpacked(req, NULL);
-    else
-        etcdserverpb__txn_request__free_unpacked(req, NULL);
-}
-
 static void serve_read(ballast_server *b, rpc_call *call, read_kind kind, void *req)
 {
     mvcc_buf *buf = ballast_thread_buf();
@@ -51,7 +43,7 @@ static void serve_read(ballast_server *b, rpc_call *call, read_kind kind, void *
     }
     ballast_reply_result(call, &res, buf->data);
     ballast_thread_buf_done(buf);
-    free_read_req(kind, req);
+    protobuf_c_message_free_unpacked(req, NULL);
 }
 
 /* Serves now or after a barrier; takes ownership of req. */
@@ -64,7 +56,7 @@ static void start_read(ballast_server *b, rpc_call *call, read_kind kind, void *
     pending_read *p = malloc(sizeof *p);
     if (!p) {
         rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "etcdserver: out of memory");
-        free_read_req(kind, req);
+        protobuf_c_message_free_unpacked(req, NULL);
         return;
     }
     p->kind = kind;
@@ -84,7 +76,7 @@ void kv_service_read_done(void *ctx, int status, const char *message, void *arg)
         serve_read(b, call, p->kind, p->req);
     } else {
         rpc_fail(call, (grpc_status_code)status, message);
-        free_read_req(p->kind, p->req);
+        protobuf_c_message_free_unpacked(p->req, NULL);
     }
     free(p);
 }
