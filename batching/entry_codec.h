@@ -28,6 +28,8 @@ typedef enum {
     BATCH_OP_COMPACTION = 4,
     BATCH_OP_LEASE_GRANT = 5,
     BATCH_OP_LEASE_REVOKE = 6,
+    BATCH_OP_ALARM = 7,
+    BATCH_OP_MEMBER = 8,
 } batch_op_type;
 
 /* One encoded client request. `data` is borrowed: it must stay valid until the
