@@ -24,6 +24,9 @@ static const char ERR_NO_LEADER[] = "etcdserver: no leader";
 static const char ERR_LEADER_CHANGED[] = "etcdserver: leader changed";
 static const char ERR_STOPPED[] = "etcdserver: server stopped";
 static const char ERR_CANCELLED[] = "etcdserver: request cancelled";
+static const char ERR_TIMEOUT[] = "etcdserver: request timed out";
+/* How long a membership change that failed waits before it is tried again. */
+#define CHANGE_RETRY_MS 1000
 
 /* A proposed entry waiting for its apply callback. */
 typedef struct proposal {
@@ -39,10 +42,32 @@ typedef struct apply_results {
     size_t n;
 } apply_results;
 
+/* A waiting read: its ctx, and when it gives up (ms, raft_node_now_ms)
+ * or, in the apply wait list, the index it waits for. */
+typedef struct read_item {
+    void *ctx;
+    uint64_t until;
+} read_item;
+
 typedef struct ctx_list {
-    void **items;
+    read_item *items;
     size_t len, cap;
 } ctx_list;
+
+/* Work handed to the raft thread by other threads. */
+enum { CMD_REMOTE_READ, CMD_WAIT_APPLIED, CMD_TRANSFER };
+typedef struct node_cmd {
+    struct node_cmd *next;
+    int kind;
+    int status;
+    char *message;
+    uint64_t index;
+    void *ctx;
+} node_cmd;
+
+typedef struct progress_item {
+    uint64_t id, match;
+} progress_item;
 
 struct raft_node {
     raft_node_config cfg;
@@ -73,10 +98,15 @@ struct raft_node {
     size_t results_cap;
     apply_results cur;
 
-    /* Reads handed over by other threads (guarded by mu). */
+    /* Reads and commands handed over by other threads (guarded by mu), and
+     * the leader's replication progress per member. */
     pthread_mutex_t mu;
     ctx_list read_queue;
+    node_cmd *cmds, *cmds_tail;
+    progress_item *progress;
+    size_t n_progress, progress_cap;
     int stopping;
+    int loop_done; /* the loop no longer takes commands */
     int closing; /* raft thread: raft_close called */
 
     /* Raft-thread read state. */
@@ -86,10 +116,27 @@ struct raft_node {
     int barrier_in_flight;
     uint64_t barrier_term;
     uint64_t ready_term;    /* a barrier of this term has been applied */
+    ctx_list read_remote;   /* waiting for the leader's read index */
+    int remote_in_flight;
+    ctx_list read_applied;  /* waiting until `until` (an index) is applied */
+    uint64_t no_leader_since; /* ms; 0 while a leader is known */
+    const char *drain_message; /* why queued proposals are being failed */
+    uint64_t request_timeout_ms;
+    uint64_t synced_gen, synced_term; /* configuration matched the members then */
+
+    /* Membership: the leader makes c-raft's configuration follow the
+     * store's member list, one change at a time. */
+    struct raft_change change;
+    int change_in_flight;
+    uint64_t change_retry_at;
+    struct raft_transfer transfer;
+    void *transfer_ctx;
+    int transfer_in_flight;
 
     /* Published status (atomics). */
     uint64_t st_term, st_leader, st_commit, st_applied, st_last;
     int st_is_leader;
+    int st_is_learner;
     int st_fast_reads; /* sole voter, leader and ready: reads need no barrier */
 
     /* What leader_change was last told, and for which term. */
@@ -107,24 +154,29 @@ static void logf_(const char *level, const char *fmt, ...)
     va_end(ap);
 }
 
-static int ctx_list_push(ctx_list *l, void *ctx)
+static uint64_t now_ms(void)
+{
+    return batch_now_us() / 1000u;
+}
+
+static int ctx_list_push(ctx_list *l, void *ctx, uint64_t until)
 {
     if (l->len == l->cap) {
         size_t cap = l->cap ? l->cap * 2 : 64;
-        void **items = realloc(l->items, cap * sizeof *items);
+        read_item *items = realloc(l->items, cap * sizeof *items);
         if (!items)
             return -1;
         l->items = items;
         l->cap = cap;
     }
-    l->items[l->len++] = ctx;
+    l->items[l->len++] = (read_item){ctx, until};
     return 0;
 }
 
 static void ctx_list_append(ctx_list *dst, ctx_list *src)
 {
     for (size_t i = 0; i < src->len; i++)
-        if (ctx_list_push(dst, src->items[i]) != 0)
+        if (ctx_list_push(dst, src->items[i].ctx, src->items[i].until) != 0)
             abort(); /* cannot lose a waiting read */
     src->len = 0;
 }
@@ -150,14 +202,44 @@ static void fail_op(raft_node *n, void *ctx, const char *message)
 static void fail_drained_op(void *ctx, void *arg)
 {
     raft_node *n = arg;
-    fail_op(n, ctx, n->stopping ? ERR_STOPPED : ERR_NO_LEADER);
+    fail_op(n, ctx, n->stopping ? ERR_STOPPED : n->drain_message);
 }
 
 static void fail_reads(raft_node *n, ctx_list *l, const char *message)
 {
     for (size_t i = 0; i < l->len; i++)
-        n->cfg.read_done(l->items[i], MVCC_STATUS_UNAVAILABLE, message, n->cfg.cb_arg);
+        n->cfg.read_done(l->items[i].ctx, MVCC_STATUS_UNAVAILABLE, message, n->cfg.cb_arg);
     l->len = 0;
+}
+
+/* Fails the reads of `l` whose time is up (until <= now). */
+static void expire_reads(raft_node *n, ctx_list *l, uint64_t now, const char *message)
+{
+    size_t keep = 0;
+    for (size_t i = 0; i < l->len; i++) {
+        if (l->items[i].until <= now)
+            n->cfg.read_done(l->items[i].ctx, MVCC_STATUS_UNAVAILABLE, message, n->cfg.cb_arg);
+        else
+            l->items[keep++] = l->items[i];
+    }
+    l->len = keep;
+}
+
+/* Answers the reads waiting for an index that is now applied. */
+static void release_applied(raft_node *n)
+{
+    if (n->read_applied.len == 0)
+        return;
+    uint64_t applied = raft_last_applied(&n->raft);
+    size_t keep = 0;
+    for (size_t i = 0; i < n->read_applied.len; i++) {
+        read_item it = n->read_applied.items[i];
+        if (it.until <= applied)
+            n->cfg.read_done(it.ctx, 0, NULL, n->cfg.cb_arg);
+        else
+            n->read_applied.items[keep++] = it;
+    }
+    n->read_applied.len = keep;
 }
 
 /* ---- FSM ---- */
@@ -182,7 +264,8 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
         n->results = r;
         n->results_cap = d.n_ops;
     }
-    mvcc_header h = {n->cfg.cluster_id, n->cfg.id, n->raft.current_term};
+    uint64_t cluster_id = mvcc_cluster_id(n->cfg.store);
+    mvcc_header h = {cluster_id ? cluster_id : n->cfg.cluster_id, n->cfg.id, n->raft.current_term};
     n->out.len = 0;
     if (mvcc_apply(n->cfg.store, index, &h, d.ops, d.n_ops, &n->out, n->results) != 0) {
         logf_("FATAL", "the store failed to apply raft entry %llu; stopping",
@@ -193,6 +276,8 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
     n->cur.results = n->results;
     n->cur.n = d.n_ops;
     *result = &n->cur;
+    if (n->cfg.applied)
+        n->cfg.applied(n->cfg.cb_arg, index);
     return 0;
 }
 
@@ -229,11 +314,21 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
     uint64_t index = ((uint64_t *)buf->base)[1];
     uint64_t applied = mvcc_applied_index(n->cfg.store);
     if (applied < index) {
-        /* Installing another member's state is not supported yet: a snapshot
-         * only records how far the local store had got. */
-        logf_("error", "store has applied up to %llu but the raft snapshot is at %llu",
-              (unsigned long long)applied, (unsigned long long)index);
-        return RAFT_CORRUPT;
+        /* The snapshot only says how far the sender's store had got: this
+         * member is behind it, so it takes a copy of a store that is at
+         * least that far (the leader's) in place of its own. */
+        raft_id leader = 0;
+        const char *addr = NULL;
+        raft_leader(&n->raft, &leader, &addr);
+        logf_("info", "store is at %llu, behind the raft snapshot at %llu: fetching the store of member %llx",
+              (unsigned long long)applied, (unsigned long long)index, (unsigned long long)leader);
+        if (!n->cfg.fetch_store || n->cfg.fetch_store(n->cfg.cb_arg, leader, index) != 0 ||
+            mvcc_applied_index(n->cfg.store) < index) {
+            logf_("error", "could not bring the store to raft index %llu", (unsigned long long)index);
+            return RAFT_IOERR;
+        }
+        logf_("info", "store installed at applied index %llu",
+              (unsigned long long)mvcc_applied_index(n->cfg.store));
     }
     raft_free(buf->base);
     return 0;
@@ -326,19 +421,39 @@ static void barrier_cb(struct raft_barrier *req, int status)
     raft_node *n = req->data;
     n->barrier_in_flight = 0;
     if (status == 0) {
+        /* a read index served from here must cover the barrier */
+        publish(&n->st_applied, raft_last_applied(&n->raft));
         if (n->barrier_term > n->ready_term)
             n->ready_term = n->barrier_term;
         for (size_t i = 0; i < n->read_barrier.len; i++)
-            n->cfg.read_done(n->read_barrier.items[i], 0, NULL, n->cfg.cb_arg);
+            n->cfg.read_done(n->read_barrier.items[i].ctx, 0, NULL, n->cfg.cb_arg);
         n->read_barrier.len = 0;
     } else {
         fail_reads(n, &n->read_barrier, status == RAFT_SHUTDOWN ? ERR_STOPPED : ERR_LEADER_CHANGED);
     }
 }
 
+static void pump_remote_reads(raft_node *n)
+{
+    if (n->read_pending.len == 0 || n->remote_in_flight || !n->cfg.remote_read)
+        return;
+    raft_id leader = 0;
+    const char *addr = NULL;
+    raft_leader(&n->raft, &leader, &addr);
+    if (leader == 0 || leader == n->cfg.id)
+        return;
+    ctx_list_append(&n->read_remote, &n->read_pending);
+    n->remote_in_flight = 1;
+    n->cfg.remote_read(n->cfg.cb_arg, leader);
+}
+
 static void pump_reads(raft_node *n)
 {
-    if (n->barrier_in_flight || n->raft.state != RAFT_LEADER)
+    if (n->raft.state != RAFT_LEADER) {
+        pump_remote_reads(n);
+        return;
+    }
+    if (n->barrier_in_flight)
         return;
     if (n->read_pending.len == 0 && n->ready_term == n->raft.current_term)
         return;
@@ -351,6 +466,206 @@ static void pump_reads(raft_node *n)
         return;
     }
     n->barrier_in_flight = 1;
+}
+
+/* ---- membership ---- */
+
+/* "host:port" of a peer URL ("http://host:port"); c-raft's TCP transport
+ * takes IPv4 dotted quads. Returns 0, or -1 when it has no host:port. */
+static int peer_address(const char *url, char *out, size_t cap)
+{
+    const char *p = strstr(url, "://");
+    p = p ? p + 3 : url;
+    size_t len = strcspn(p, "/");
+    if (len == 0 || len >= cap)
+        return -1;
+    if (strncmp(p, "localhost:", 10) == 0)
+        snprintf(out, cap, "127.0.0.1%.*s", (int)(len - 9), p + 9);
+    else
+        snprintf(out, cap, "%.*s", (int)len, p);
+    return strchr(out, ':') ? 0 : -1;
+}
+
+static void change_cb(struct raft_change *req, int status)
+{
+    raft_node *n = req->data;
+    n->change_in_flight = 0;
+    n->synced_gen = 0;
+    if (status != 0) {
+        logf_("warn", "membership change failed: %s; trying again", raft_strerror(status));
+        n->change_retry_at = now_ms() + CHANGE_RETRY_MS;
+    }
+}
+
+static void transfer_cb(struct raft_transfer *req)
+{
+    raft_node *n = req->data;
+    n->transfer_in_flight = 0;
+    n->synced_gen = 0;
+    raft_id leader = 0;
+    const char *addr = NULL;
+    raft_leader(&n->raft, &leader, &addr);
+    void *ctx = n->transfer_ctx;
+    n->transfer_ctx = NULL;
+    if (ctx && n->cfg.transfer_done)
+        n->cfg.transfer_done(ctx, leader == req->id ? NULL : ERR_TIMEOUT, n->cfg.cb_arg);
+}
+
+static void start_transfer(raft_node *n, uint64_t target, void *ctx)
+{
+    const char *error = NULL;
+    if (n->raft.state != RAFT_LEADER) {
+        error = "etcdserver: not leader";
+    } else if (n->transfer_in_flight) {
+        error = ERR_TIMEOUT;
+    } else {
+        n->transfer.data = n;
+        int rv = raft_transfer(&n->raft, &n->transfer, target, transfer_cb);
+        if (rv == 0) {
+            n->transfer_in_flight = 1;
+            n->transfer_ctx = ctx;
+            return;
+        }
+        error = rv == RAFT_BADID || rv == RAFT_NOTFOUND ? "etcdserver: bad leader transferee" : ERR_TIMEOUT;
+    }
+    if (ctx && n->cfg.transfer_done)
+        n->cfg.transfer_done(ctx, error, n->cfg.cb_arg);
+}
+
+static const struct raft_server *config_find(const struct raft_configuration *c, uint64_t id)
+{
+    for (unsigned i = 0; i < c->n; i++)
+        if (c->servers[i].id == id)
+            return &c->servers[i];
+    return NULL;
+}
+
+/* On the leader: makes c-raft's configuration follow the store's member
+ * list (the record of MemberAdd/Remove/Promote), one change at a time: a
+ * member missing from the configuration is added, then given its role
+ * (voter, or standby for a learner: c-raft catches a new voter up before it
+ * counts); a server no longer listed is removed — the leader itself hands
+ * leadership over first. */
+static void reconcile_members(raft_node *n)
+{
+    if (n->raft.state != RAFT_LEADER || n->change_in_flight || n->transfer_in_flight ||
+        now_ms() < n->change_retry_at)
+        return;
+    uint64_t gen = mvcc_members_generation(n->cfg.store);
+    if (n->synced_gen == gen + 1 && n->synced_term == n->raft.current_term)
+        return;
+    Ballastpb__Member **list;
+    size_t cnt;
+    if (mvcc_members(n->cfg.store, &list, &cnt) != 0)
+        return;
+    const struct raft_configuration *c = &n->raft.configuration;
+    int rv = 0, acted = 0;
+    n->change.data = n;
+    for (size_t i = 0; i < cnt && cnt > 0 && !acted; i++) {
+        const Ballastpb__Member *m = list[i];
+        const struct raft_server *srv = config_find(c, m->id);
+        int role = m->is_learner ? RAFT_STANDBY : RAFT_VOTER;
+        if (!srv) {
+            char addr[300];
+            if (m->n_peer_urls == 0 || peer_address(m->peer_urls[0], addr, sizeof addr) != 0)
+                continue;
+            logf_("info", "adding member %llx (%s) to the raft configuration", (unsigned long long)m->id, addr);
+            rv = raft_add(&n->raft, &n->change, m->id, addr, change_cb);
+            acted = 1;
+        } else if (srv->role != role) {
+            logf_("info", "member %llx becomes a %s", (unsigned long long)m->id,
+                  role == RAFT_VOTER ? "voter" : "learner");
+            rv = raft_assign(&n->raft, &n->change, m->id, role, change_cb);
+            acted = 1;
+        }
+    }
+    for (unsigned i = 0; i < c->n && cnt > 0 && !acted; i++) {
+        uint64_t id = c->servers[i].id;
+        int listed = 0;
+        for (size_t j = 0; j < cnt; j++)
+            listed |= list[j]->id == id;
+        if (listed)
+            continue;
+        acted = 1;
+        if (id == n->cfg.id) {
+            logf_("info", "this member was removed: handing leadership over");
+            start_transfer(n, 0, NULL);
+        } else {
+            logf_("info", "removing member %llx from the raft configuration", (unsigned long long)id);
+            rv = raft_remove(&n->raft, &n->change, id, change_cb);
+        }
+    }
+    mvcc_members_free(list, cnt);
+    if (!acted && cnt > 0) {
+        n->synced_gen = gen + 1;
+        n->synced_term = n->raft.current_term;
+    } else if (acted && rv == 0 && !n->transfer_in_flight) {
+        n->change_in_flight = 1;
+    } else if (rv != 0) {
+        logf_("warn", "membership change refused: %s", raft_strerror(rv));
+        n->change_retry_at = now_ms() + CHANGE_RETRY_MS;
+    }
+}
+
+/* ---- commands from other threads ---- */
+
+static void run_commands(raft_node *n, node_cmd *cmd)
+{
+    while (cmd) {
+        node_cmd *next = cmd->next;
+        switch (cmd->kind) {
+        case CMD_REMOTE_READ:
+            n->remote_in_flight = 0;
+            if (cmd->status == 0) {
+                for (size_t i = 0; i < n->read_remote.len; i++)
+                    if (ctx_list_push(&n->read_applied, n->read_remote.items[i].ctx, cmd->index) != 0)
+                        abort(); /* cannot lose a waiting read */
+                n->read_remote.len = 0;
+            } else {
+                fail_reads(n, &n->read_remote, cmd->message ? cmd->message : ERR_NO_LEADER);
+            }
+            break;
+        case CMD_WAIT_APPLIED:
+            if (ctx_list_push(&n->read_applied, cmd->ctx, cmd->index) != 0)
+                abort();
+            break;
+        case CMD_TRANSFER:
+            start_transfer(n, cmd->index, cmd->ctx);
+            break;
+        }
+        free(cmd->message);
+        free(cmd);
+        cmd = next;
+    }
+    release_applied(n);
+}
+
+/* Once the loop is closing: a command is answered "stopped" at once. */
+static void answer_stopped(raft_node *n, node_cmd *cmd)
+{
+    if (cmd->kind == CMD_WAIT_APPLIED)
+        n->cfg.read_done(cmd->ctx, MVCC_STATUS_UNAVAILABLE, ERR_STOPPED, n->cfg.cb_arg);
+    else if (cmd->kind == CMD_TRANSFER && cmd->ctx && n->cfg.transfer_done)
+        n->cfg.transfer_done(cmd->ctx, ERR_STOPPED, n->cfg.cb_arg);
+    free(cmd->message);
+    free(cmd);
+}
+
+static void push_command(raft_node *n, node_cmd *cmd)
+{
+    pthread_mutex_lock(&n->mu);
+    if (n->loop_done) {
+        pthread_mutex_unlock(&n->mu);
+        answer_stopped(n, cmd);
+        return;
+    }
+    if (n->cmds_tail)
+        n->cmds_tail->next = cmd;
+    else
+        n->cmds = cmd;
+    n->cmds_tail = cmd;
+    pthread_mutex_unlock(&n->mu);
+    uv_async_send(&n->wake);
 }
 
 /* ---- loop callbacks ---- */
@@ -402,6 +717,24 @@ static void publish_status(raft_node *n)
     publish(&n->st_applied, raft_last_applied(&n->raft));
     publish(&n->st_last, raft_last_index(&n->raft));
     __atomic_store_n(&n->st_is_leader, is_leader, __ATOMIC_RELEASE);
+    const struct raft_server *me = config_find(&n->raft.configuration, n->cfg.id);
+    __atomic_store_n(&n->st_is_learner, me && me->role != RAFT_VOTER, __ATOMIC_RELEASE);
+    if (is_leader && n->raft.leader_state.progress) {
+        pthread_mutex_lock(&n->mu);
+        unsigned cnt = n->raft.configuration.n;
+        if (cnt > n->progress_cap) {
+            progress_item *p = realloc(n->progress, cnt * sizeof *p);
+            if (p) {
+                n->progress = p;
+                n->progress_cap = cnt;
+            }
+        }
+        n->n_progress = cnt <= n->progress_cap ? cnt : 0;
+        for (size_t i = 0; i < n->n_progress; i++)
+            n->progress[i] = (progress_item){n->raft.configuration.servers[i].id,
+                                             n->raft.leader_state.progress[i].match_index};
+        pthread_mutex_unlock(&n->mu);
+    }
     int fast = is_leader && n->ready_term == n->raft.current_term && sole_voter(n);
     __atomic_store_n(&n->st_fast_reads, fast, __ATOMIC_RELEASE);
 }
@@ -423,13 +756,23 @@ static void on_wake(uv_async_t *h)
     pthread_mutex_lock(&n->mu);
     int stopping = n->stopping;
     ctx_list_append(&n->read_pending, &n->read_queue);
+    node_cmd *cmds = n->cmds;
+    n->cmds = n->cmds_tail = NULL;
+    if (stopping)
+        n->loop_done = 1; /* the wake-up handle is about to close */
     pthread_mutex_unlock(&n->mu);
+    run_commands(n, cmds);
     if (stopping) {
         if (n->closing)
             return;
         n->closing = 1;
         batch_proposer_drain(n->bp, fail_drained_op, n);
         fail_reads(n, &n->read_pending, ERR_STOPPED);
+        fail_reads(n, &n->read_remote, ERR_STOPPED);
+        fail_reads(n, &n->read_applied, ERR_STOPPED);
+        if (n->transfer_ctx && n->cfg.transfer_done)
+            n->cfg.transfer_done(n->transfer_ctx, ERR_STOPPED, n->cfg.cb_arg);
+        n->transfer_ctx = NULL;
         uv_timer_stop(&n->tick);
         uv_check_stop(&n->check);
         uv_poll_stop(&n->batch_poll);
@@ -444,6 +787,7 @@ static void on_wake(uv_async_t *h)
 static void on_check(uv_check_t *h)
 {
     raft_node *n = h->data;
+    release_applied(n);
     pump_batches(n);
     pump_reads(n);
     publish_status(n);
@@ -464,18 +808,29 @@ static void on_batch_timer(uv_poll_t *h, int status, int events)
 static void on_tick(uv_timer_t *h)
 {
     raft_node *n = h->data;
-    /* Without a leader nothing queued can make progress: fail it like etcd
-     * fails requests when no leader is known. */
+    raft_id leader = 0;
+    const char *addr = NULL;
+    raft_leader(&n->raft, &leader, &addr);
+    uint64_t now = now_ms();
+    if (leader != 0)
+        n->no_leader_since = 0;
+    else if (n->no_leader_since == 0)
+        n->no_leader_since = now;
     if (n->raft.state != RAFT_LEADER) {
-        raft_id leader = 0;
-        const char *addr = NULL;
-        raft_leader(&n->raft, &leader, &addr);
-        if (leader == 0 || leader != n->cfg.id) {
+        /* Proposals queued here were meant for this member as leader: once
+         * another member leads they fail as etcd's do on a leader change;
+         * while none does they wait, up to the request timeout. */
+        if (leader != 0 && leader != n->cfg.id) {
+            n->drain_message = ERR_LEADER_CHANGED;
             batch_proposer_drain(n->bp, fail_drained_op, n);
-            fail_reads(n, &n->read_pending, ERR_NO_LEADER);
+        } else if (leader == 0 && now - n->no_leader_since >= n->request_timeout_ms) {
+            n->drain_message = ERR_TIMEOUT;
+            batch_proposer_drain(n->bp, fail_drained_op, n);
         }
     }
+    expire_reads(n, &n->read_pending, now, ERR_TIMEOUT);
     pump_reads(n);
+    reconcile_members(n);
     publish_status(n);
 }
 
@@ -535,6 +890,9 @@ int raft_node_start(const raft_node_config *cfg, raft_node **out, char **errmsg)
     pthread_mutex_init(&n->mu, NULL);
     entry_arena_init(&n->arena);
     n->batch_timerfd = -1;
+    n->drain_message = ERR_NO_LEADER;
+    /* etcd's request timeout: 5 s plus two election timeouts */
+    n->request_timeout_ms = 5000u + 2u * (uint64_t)cfg->election_ms;
 
     if (mkdir_p(n->dir) != 0)
         return fail_start(errmsg, "cannot create raft directory %s: %s", n->dir, strerror(errno));
@@ -642,6 +1000,9 @@ void raft_node_stop(raft_node *n)
     free(n->read_queue.items);
     free(n->read_pending.items);
     free(n->read_barrier.items);
+    free(n->read_remote.items);
+    free(n->read_applied.items);
+    free(n->progress);
     pthread_mutex_destroy(&n->mu);
     free(n->dir);
     free(n->address);
@@ -661,11 +1022,59 @@ int raft_node_read_ready(raft_node *n)
 void raft_node_read_index(raft_node *n, void *ctx)
 {
     pthread_mutex_lock(&n->mu);
-    int rv = ctx_list_push(&n->read_queue, ctx);
+    int rv = ctx_list_push(&n->read_queue, ctx, now_ms() + n->request_timeout_ms);
     pthread_mutex_unlock(&n->mu);
     if (rv != 0)
         abort(); /* out of memory: a read cannot be dropped unanswered */
     uv_async_send(&n->wake);
+}
+
+void raft_node_remote_read_done(raft_node *n, int status, const char *message, uint64_t index)
+{
+    node_cmd *cmd = calloc(1, sizeof *cmd);
+    if (!cmd)
+        abort(); /* the reads waiting for it cannot be left unanswered */
+    cmd->kind = CMD_REMOTE_READ;
+    cmd->status = status;
+    cmd->message = message ? strdup(message) : NULL;
+    cmd->index = index;
+    push_command(n, cmd);
+}
+
+void raft_node_wait_applied(raft_node *n, uint64_t index, void *ctx)
+{
+    node_cmd *cmd = calloc(1, sizeof *cmd);
+    if (!cmd)
+        abort();
+    cmd->kind = CMD_WAIT_APPLIED;
+    cmd->index = index;
+    cmd->ctx = ctx;
+    push_command(n, cmd);
+}
+
+void raft_node_transfer(raft_node *n, uint64_t target, void *ctx)
+{
+    node_cmd *cmd = calloc(1, sizeof *cmd);
+    if (!cmd)
+        abort();
+    cmd->kind = CMD_TRANSFER;
+    cmd->index = target;
+    cmd->ctx = ctx;
+    push_command(n, cmd);
+}
+
+int raft_node_match_index(raft_node *n, uint64_t id, uint64_t *match)
+{
+    int found = 0;
+    pthread_mutex_lock(&n->mu);
+    for (size_t i = 0; i < n->n_progress; i++) {
+        if (n->progress[i].id == id) {
+            *match = n->progress[i].match;
+            found = 1;
+        }
+    }
+    pthread_mutex_unlock(&n->mu);
+    return found;
 }
 
 void raft_node_get_status(raft_node *n, raft_node_status *st)
@@ -676,6 +1085,7 @@ void raft_node_get_status(raft_node *n, raft_node_status *st)
     st->applied_index = load(&n->st_applied);
     st->last_index = load(&n->st_last);
     st->is_leader = __atomic_load_n(&n->st_is_leader, __ATOMIC_ACQUIRE);
+    st->is_learner = __atomic_load_n(&n->st_is_learner, __ATOMIC_ACQUIRE);
 }
 
 uint64_t raft_node_term(raft_node *n)

@@ -44,6 +44,26 @@ typedef void (*raft_node_read_fn)(void *ctx, int status, const char *message, vo
  * lessor — (leading = 1), and when it stops being the leader (0). */
 typedef void (*raft_node_leader_fn)(void *arg, int leading);
 
+/* Called on the raft thread when reads wait on a follower that knows its
+ * leader: ask the leader for a read index (it runs a barrier and answers
+ * its applied index) and hand the answer to raft_node_remote_read_done. At
+ * most one such request is outstanding. */
+typedef void (*raft_node_remote_read_fn)(void *arg, uint64_t leader_id);
+
+/* Called on the raft thread, inside snapshot installation, when the local
+ * store is behind the raft snapshot at `index` (this member fell behind, or
+ * joined late): replace the store's contents with another member's (the
+ * leader's, `leader_id`; 0 when none is known) whose applied index is >=
+ * index. Blocking. Returns 0 when the store now has applied >= index. */
+typedef int (*raft_node_fetch_fn)(void *arg, uint64_t leader_id, uint64_t index);
+
+/* Called on the raft thread after each entry was applied to the store. */
+typedef void (*raft_node_applied_fn)(void *arg, uint64_t index);
+
+/* Called on the raft thread when a leadership transfer ends: 0 when the
+ * target leads now, else an etcd message. */
+typedef void (*raft_node_transfer_fn)(void *ctx, const char *error, void *arg);
+
 typedef struct raft_node_config {
     const char *dir;           /* raft log directory; created if missing */
     uint64_t id;               /* this member's id (non-zero) */
@@ -61,6 +81,10 @@ typedef struct raft_node_config {
     raft_node_op_done_fn op_done;
     raft_node_read_fn read_done;
     raft_node_leader_fn leader_change; /* may be NULL */
+    raft_node_remote_read_fn remote_read; /* may be NULL for a single member */
+    raft_node_fetch_fn fetch_store;       /* may be NULL: then a lagging member cannot catch up */
+    raft_node_applied_fn applied;         /* may be NULL */
+    raft_node_transfer_fn transfer_done;  /* may be NULL */
     void *cb_arg;
 } raft_node_config;
 
@@ -87,6 +111,23 @@ int raft_node_read_ready(raft_node *n);
  * arrived (concurrent reads share one raft barrier). Thread-safe. */
 void raft_node_read_index(raft_node *n, void *ctx);
 
+/* The leader's answer to a remote read (see raft_node_remote_read_fn):
+ * status 0 and its applied index, or a failure status (gRPC code) and an
+ * etcd message (copied). Thread-safe. */
+void raft_node_remote_read_done(raft_node *n, int status, const char *message, uint64_t index);
+
+/* Calls read_done(ctx, 0, NULL) on the raft thread once this member has
+ * applied `index` (at once if it has). Thread-safe. */
+void raft_node_wait_applied(raft_node *n, uint64_t index, void *ctx);
+
+/* Asks the leader (this member) to hand leadership to voter `target`;
+ * transfer_done(ctx, ...) follows. Thread-safe. */
+void raft_node_transfer(raft_node *n, uint64_t target, void *ctx);
+
+/* On the leader: how far member `id` has replicated the log (1, *match set)
+ * or 0 when unknown. Thread-safe. */
+int raft_node_match_index(raft_node *n, uint64_t id, uint64_t *match);
+
 typedef struct raft_node_status {
     uint64_t term;
     uint64_t leader_id;     /* 0 when unknown */
@@ -94,6 +135,7 @@ typedef struct raft_node_status {
     uint64_t applied_index;
     uint64_t last_index;
     int is_leader;
+    int is_learner;         /* a standby or spare of the raft configuration */
 } raft_node_status;
 
 /* A recent view of the node (updated by the loop thread). Thread-safe. */

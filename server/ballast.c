@@ -7,8 +7,57 @@
 const char BALLAST_ERR_MALFORMED[] = "grpc: error unmarshalling request: unexpected EOF";
 mvcc_header ballast_header(ballast_server *b)
 {
-    mvcc_header h = {b->cluster_id, b->member_id, raft_node_term(b->node)};
+    /* A member that joined an existing cluster learns its id from the store */
+    uint64_t cluster_id = mvcc_cluster_id(b->store);
+    mvcc_header h = {cluster_id ? cluster_id : b->cluster_id, b->member_id, raft_node_term(b->node)};
     return h;
+}
+
+/* A proposal of a service: the encoded message (it must live until the op
+ * is done) and what to do then. Handed to the raft node as a ctx with the
+ * low bit set, which no rpc_call pointer has (malloc alignment), so
+ * ballast_op_done can tell them apart. */
+typedef struct service_op {
+    rpc_call *call;
+    ballast_done_fn done;
+    void *extra;
+    size_t len;
+    uint8_t data[];
+} service_op;
+
+void ballast_propose_msg(ballast_server *b, rpc_call *call, batch_op_type type,
+                         const ProtobufCMessage *msg, ballast_done_fn done, void *extra)
+{
+    size_t len = protobuf_c_message_get_packed_size(msg);
+    service_op *op = malloc(sizeof *op + len);
+    if (!op) {
+        if (call)
+            rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "etcdserver: out of memory");
+        return;
+    }
+    op->call = call;
+    op->done = done;
+    op->extra = extra;
+    op->len = protobuf_c_message_pack(msg, op->data);
+    if (raft_node_submit(b->node, type, op->data, op->len, (void *)((uintptr_t)op | 1u)) != 0) {
+        if (call)
+            rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "etcdserver: out of memory");
+        free(op);
+    }
+}
+
+void ballast_op_done(void *ctx, const mvcc_result *res, const uint8_t *resp_base, void *arg)
+{
+    if (!((uintptr_t)ctx & 1u)) {
+        kv_service_op_done(ctx, res, resp_base, arg);
+        return;
+    }
+    service_op *op = (service_op *)((uintptr_t)ctx & ~(uintptr_t)1u);
+    if (op->done)
+        op->done(arg, op->call, res, resp_base, op->extra);
+    else if (op->call)
+        ballast_reply_result(op->call, res, resp_base);
+    free(op);
 }
 
 void ballast_fill_header(ballast_server *b, Etcdserverpb__ResponseHeader *h)

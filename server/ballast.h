@@ -10,6 +10,7 @@
 
 #include "config.h"
 #include "lessor.h"
+#include "peer_client.h"
 #include "mvcc.h"
 #include "raft_node.h"
 #include "rpc.h"
@@ -21,6 +22,7 @@
 #define BALLAST_ETCD_VERSION "3.4.23"
 
 struct compact_wait;
+struct cluster_state;
 
 typedef struct ballast_server {
     const ballast_config *cfg;
@@ -39,7 +41,59 @@ typedef struct ballast_server {
      * the old revisions (guarded by compact_mu). */
     pthread_mutex_t compact_mu;
     struct compact_wait *compact_waiters;
+    /* Calls to other members, and what the cluster layer keeps
+     * (server/cluster.c): forwarded calls waiting for this member to apply,
+     * calls parked until a leader is known, the member publisher. */
+    peer_client *peers;
+    struct cluster_state *cluster;
 } ballast_server;
+
+/* ---- proposals made by a service itself ----
+ *
+ * ballast_propose_msg packs `msg`, proposes it and, once applied, calls
+ * done(b, call, res, resp_base, extra) on the raft thread — or, when done
+ * is NULL, answers `call` (if any) with the result. A call that cannot be
+ * proposed is answered with an error at once. The raft node's op_done is
+ * ballast_op_done: it dispatches these proposals, and hands client writes
+ * (ctx = the rpc_call) to kv_service_op_done. */
+typedef void (*ballast_done_fn)(ballast_server *b, rpc_call *call, const mvcc_result *res,
+                                const uint8_t *resp_base, void *extra);
+void ballast_propose_msg(ballast_server *b, rpc_call *call, batch_op_type type,
+                         const ProtobufCMessage *msg, ballast_done_fn done, void *extra);
+void ballast_op_done(void *ctx, const mvcc_result *res, const uint8_t *resp_base, void *arg);
+
+/* ---- the cluster layer (server/cluster.c) ---- */
+
+/* For a request only the leader serves (a proposal, or a question for the
+ * leader's lessor): returns 0 when this member leads — serve it here —, else
+ * 1: the call was forwarded as it is to `method` on the leader (a success is
+ * answered once this member has applied the leader's revision, so a read
+ * here right after sees the write, as on etcd), or parked until a leader is
+ * known (`handler` then runs again), failing after etcd's request timeout. */
+int ballast_route(ballast_server *b, rpc_call *call, const char *method, rpc_unary_handler handler,
+                  const uint8_t *data, size_t len);
+/* "host:port" of the leader's first client URL: 0, or -1 when unknown. */
+int cluster_leader_target(ballast_server *b, uint64_t leader_id, char *out, size_t cap);
+/* etcd's request timeout for this member (5 s + 2 election timeouts). */
+unsigned cluster_request_timeout_ms(ballast_server *b);
+/* Sets up the cluster state and the peer client (after grpc_init, before
+ * the raft node starts: its hooks use them). 0, or -1 with *errmsg. */
+int cluster_init(ballast_server *b, char **errmsg);
+/* Starts the cluster thread (bootstrap record, member attributes, parked
+ * calls, removal) once the raft node runs. 0, or -1 with *errmsg. */
+int cluster_start(ballast_server *b, char **errmsg);
+/* Before the raft node stops: fails parked calls, cancels forwarded ones. */
+void cluster_stop_calls(ballast_server *b);
+/* After the raft node stopped. */
+void cluster_free(ballast_server *b);
+/* raft node hooks (arg: the ballast_server) */
+void cluster_remote_read(void *arg, uint64_t leader_id);
+void cluster_applied(void *arg, uint64_t index);
+int cluster_fetch_store(void *arg, uint64_t leader_id, uint64_t index);
+void cluster_transfer_done(void *ctx, const char *error, void *arg);
+/* A forwarded call failed with `code`/`message` from gRPC or the leader:
+ * the status and etcd message to answer the client with. */
+void cluster_map_forward_error(grpc_status_code *code, const char **message);
 
 /* The header fields of every response, for this member now. */
 mvcc_header ballast_header(ballast_server *b);
@@ -61,15 +115,15 @@ void watch_service_header(void *arg, mvcc_header *out);
 
 /* The Lease service: its lessor is loaded from the store and hooked to it
  * before the raft node starts (0, or -1 with *errmsg malloc'd); the raft
- * node's op_done and leader_change callbacks are lease_service_op_done
- * (which hands everything that is not the Lease service's own proposal to
- * kv_service_op_done) and lease_service_leader_change. Stop the expiry
- * timers before the raft node stops, free the lessor after it has. */
+ * node's leader_change callback is lease_service_leader_change. Stop the
+ * expiry timers before the raft node stops, free the lessor after it has.
+ * lease_service_reload reads the leases again after the store was replaced
+ * by another member's. */
 int lease_service_init(ballast_server *b, char **errmsg);
 void lease_service_stop_timers(ballast_server *b);
 void lease_service_free(ballast_server *b);
+int lease_service_reload(ballast_server *b);
 size_t lease_service_streams(ballast_server *b, rpc_stream_method *out);
-void lease_service_op_done(void *ctx, const mvcc_result *res, const uint8_t *resp_base, void *arg);
 void lease_service_leader_change(void *arg, int leading);
 
 /* Sets up the KV service's state (before serving) and answers what still
@@ -80,6 +134,10 @@ void kv_service_stop(ballast_server *b);
 /* The raft node's callbacks: answer the waiting call. */
 void kv_service_op_done(void *ctx, const mvcc_result *res, const uint8_t *resp_base, void *arg);
 void kv_service_read_done(void *ctx, int status, const char *message, void *arg);
+/* Answers a successful Compact (physical, at `rev`) once this member has
+ * removed the old revisions. */
+void kv_service_answer_compacted(ballast_server *b, rpc_call *call, int64_t rev, const uint8_t *resp,
+                                 size_t len);
 
 /* Answers a call with an mvcc result (response bytes in buf). */
 void ballast_reply_result(rpc_call *call, const mvcc_result *res, const uint8_t *buf);

@@ -22,7 +22,8 @@ static uint64_t raft_request_size(size_t len)
 
 /* ---- reads ---- */
 
-typedef enum { READ_RANGE, READ_TXN } read_kind;
+/* READ_INDEX: a follower's /ballastpb.Internal/ReadIndex, on the leader. */
+typedef enum { READ_RANGE, READ_TXN, READ_INDEX } read_kind;
 
 /* A linearizable read waiting for a raft barrier. */
 typedef struct pending_read {
@@ -30,8 +31,21 @@ typedef struct pending_read {
     void *req;
 } pending_read;
 
+static void serve_read_index(ballast_server *b, rpc_call *call)
+{
+    raft_node_status st;
+    raft_node_get_status(b->node, &st);
+    Ballastpb__ReadIndexResponse resp = BALLASTPB__READ_INDEX_RESPONSE__INIT;
+    resp.index = st.applied_index;
+    ballast_reply_packed(call, &resp.base);
+}
+
 static void serve_read(ballast_server *b, rpc_call *call, read_kind kind, void *req)
 {
+    if (kind == READ_INDEX) {
+        serve_read_index(b, call);
+        return;
+    }
     mvcc_buf *buf = ballast_thread_buf();
     mvcc_header h = ballast_header(b);
     mvcc_result res;
@@ -56,7 +70,8 @@ static void start_read(ballast_server *b, rpc_call *call, read_kind kind, void *
     pending_read *p = malloc(sizeof *p);
     if (!p) {
         rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "etcdserver: out of memory");
-        protobuf_c_message_free_unpacked(req, NULL);
+        if (req)
+            protobuf_c_message_free_unpacked(req, NULL);
         return;
     }
     p->kind = kind;
@@ -76,9 +91,25 @@ void kv_service_read_done(void *ctx, int status, const char *message, void *arg)
         serve_read(b, call, p->kind, p->req);
     } else {
         rpc_fail(call, (grpc_status_code)status, message);
-        protobuf_c_message_free_unpacked(p->req, NULL);
+        if (p->req)
+            protobuf_c_message_free_unpacked(p->req, NULL);
     }
     free(p);
+}
+
+/* /ballastpb.Internal/ReadIndex: after a barrier, the applied index. */
+static void kv_read_index(rpc_call *call, const uint8_t *data, size_t len, void *arg)
+{
+    ballast_server *b = arg;
+    (void)data;
+    (void)len;
+    raft_node_status st;
+    raft_node_get_status(b->node, &st);
+    if (!st.is_leader) {
+        rpc_fail(call, GRPC_STATUS_UNAVAILABLE, "etcdserver: leader changed");
+        return;
+    }
+    start_read(b, call, READ_INDEX, NULL, 0);
 }
 
 static int txn_serializable(const Etcdserverpb__TxnRequest *r)
@@ -204,19 +235,24 @@ void kv_service_op_done(void *ctx, const mvcc_result *res, const uint8_t *resp_b
     rpc_call_set_data(call, NULL);
     int64_t rev = *physical_rev;
     free(physical_rev);
-    if (res->status != MVCC_STATUS_OK) {
+    if (res->status != MVCC_STATUS_OK)
         ballast_reply_result(call, res, resp_base);
-        return;
-    }
-    compact_wait *w = malloc(sizeof *w + res->len);
+    else
+        kv_service_answer_compacted(b, call, rev, resp_base + res->off, res->len);
+}
+
+void kv_service_answer_compacted(ballast_server *b, rpc_call *call, int64_t rev, const uint8_t *resp,
+                                 size_t len)
+{
+    compact_wait *w = malloc(sizeof *w + len);
     if (!w) {
         rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "etcdserver: out of memory");
         return;
     }
     w->call = call;
     w->revision = rev;
-    w->len = res->len;
-    memcpy(w->resp, resp_base + res->off, res->len);
+    w->len = len;
+    memcpy(w->resp, resp, len);
     pthread_mutex_lock(&b->compact_mu);
     if (mvcc_physical_compact_revision(b->store) >= rev) {
         pthread_mutex_unlock(&b->compact_mu);
@@ -232,6 +268,8 @@ void kv_service_op_done(void *ctx, const mvcc_result *res, const uint8_t *resp_b
 static void kv_put(rpc_call *call, const uint8_t *data, size_t len, void *arg)
 {
     ballast_server *b = arg;
+    if (ballast_route(b, call, "/etcdserverpb.KV/Put", kv_put, data, len))
+        return;
     Etcdserverpb__PutRequest *r = ballast_unpack(call, &etcdserverpb__put_request__descriptor, data, len);
     if (!r)
         return;
@@ -247,6 +285,8 @@ static void kv_put(rpc_call *call, const uint8_t *data, size_t len, void *arg)
 static void kv_delete_range(rpc_call *call, const uint8_t *data, size_t len, void *arg)
 {
     ballast_server *b = arg;
+    if (ballast_route(b, call, "/etcdserverpb.KV/DeleteRange", kv_delete_range, data, len))
+        return;
     Etcdserverpb__DeleteRangeRequest *r = ballast_unpack(call, &etcdserverpb__delete_range_request__descriptor, data, len);
     if (!r)
         return;
@@ -276,6 +316,8 @@ static void kv_txn(rpc_call *call, const uint8_t *data, size_t len, void *arg)
         return;
     }
     protobuf_c_message_free_unpacked(&r->base, NULL);
+    if (ballast_route(b, call, "/etcdserverpb.KV/Txn", kv_txn, data, len))
+        return;
     propose(b, call, BATCH_OP_TXN, data, len);
 }
 
@@ -285,6 +327,9 @@ static void kv_compact(rpc_call *call, const uint8_t *data, size_t len, void *ar
     Etcdserverpb__CompactionRequest *r = ballast_unpack(call, &etcdserverpb__compaction_request__descriptor, data, len);
     if (!r)
         return;
+    /* A Compact parked for a leader runs again: its earlier note goes. */
+    free(rpc_call_data(call));
+    rpc_call_set_data(call, NULL);
     if (r->physical) {
         int64_t *rev = malloc(sizeof *rev);
         if (!rev) {
@@ -296,6 +341,8 @@ static void kv_compact(rpc_call *call, const uint8_t *data, size_t len, void *ar
         rpc_call_set_data(call, rev);
     }
     protobuf_c_message_free_unpacked(&r->base, NULL);
+    if (ballast_route(b, call, "/etcdserverpb.KV/Compact", kv_compact, data, len))
+        return;
     propose(b, call, BATCH_OP_COMPACTION, data, len);
 }
 
@@ -306,5 +353,6 @@ size_t kv_service_methods(ballast_server *b, rpc_method *out)
     out[2] = (rpc_method){"/etcdserverpb.KV/DeleteRange", kv_delete_range, b, 16};
     out[3] = (rpc_method){"/etcdserverpb.KV/Txn", kv_txn, b, 32};
     out[4] = (rpc_method){"/etcdserverpb.KV/Compact", kv_compact, b, 4};
-    return 5;
+    out[5] = (rpc_method){"/ballastpb.Internal/ReadIndex", kv_read_index, b, 8};
+    return 6;
 }

@@ -13,59 +13,6 @@
 static const char ERR_NO_LEADER[] = "etcdserver: no leader";
 static const char ERR_NOMEM[] = "etcdserver: out of memory";
 
-/* A proposal of this service: the encoded request (it must live until the
- * op is done) and the call to answer (NULL for an expiry revoke). Handed to
- * the raft node as a ctx with the low bit set, which no rpc_call pointer
- * has (malloc alignment), so lease_service_op_done can tell them apart. */
-typedef struct lease_op {
-    rpc_call *call;
-    size_t len;
-    uint8_t data[];
-} lease_op;
-
-static void *op_ctx(lease_op *op)
-{
-    return (void *)((uintptr_t)op | 1u);
-}
-
-static lease_op *ctx_op(void *ctx)
-{
-    return ((uintptr_t)ctx & 1u) ? (lease_op *)((uintptr_t)ctx & ~(uintptr_t)1u) : NULL;
-}
-
-/* Packs msg into a new lease_op and proposes it; answers the call (if any)
- * with an error when it cannot. */
-static void propose_msg(ballast_server *b, rpc_call *call, batch_op_type type,
-                        const ProtobufCMessage *msg)
-{
-    size_t len = protobuf_c_message_get_packed_size(msg);
-    lease_op *op = malloc(sizeof *op + len);
-    if (!op) {
-        if (call)
-            rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, ERR_NOMEM);
-        return;
-    }
-    op->call = call;
-    op->len = protobuf_c_message_pack(msg, op->data);
-    if (raft_node_submit(b->node, type, op->data, op->len, op_ctx(op)) != 0) {
-        if (call)
-            rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, ERR_NOMEM);
-        free(op);
-    }
-}
-
-void lease_service_op_done(void *ctx, const mvcc_result *res, const uint8_t *resp_base, void *arg)
-{
-    lease_op *op = ctx_op(ctx);
-    if (!op) {
-        kv_service_op_done(ctx, res, resp_base, arg);
-        return;
-    }
-    if (op->call)
-        ballast_reply_result(op->call, res, resp_base);
-    free(op);
-}
-
 void lease_service_leader_change(void *arg, int leading)
 {
     ballast_server *b = arg;
@@ -81,7 +28,7 @@ static void lease_expired(void *arg, int64_t id)
     ballast_server *b = arg;
     Etcdserverpb__LeaseRevokeRequest r = ETCDSERVERPB__LEASE_REVOKE_REQUEST__INIT;
     r.id = id;
-    propose_msg(b, NULL, BATCH_OP_LEASE_REVOKE, &r.base);
+    ballast_propose_msg(b, NULL, BATCH_OP_LEASE_REVOKE, &r.base, NULL, NULL);
 }
 
 /* etcd's ID generator (pkg/idutil): the member ID's low 16 bits, then the
@@ -142,6 +89,20 @@ void lease_service_stop_timers(ballast_server *b)
     lessor_stop(b->lessor);
 }
 
+int lease_service_reload(ballast_server *b)
+{
+    /* Leases the new store does not have are forgotten, then every lease
+     * it has is (re)loaded. */
+    int64_t *ids;
+    size_t n;
+    if (lessor_leases(b->lessor, &ids, &n) != 0)
+        return -1;
+    for (size_t i = 0; i < n; i++)
+        lessor_store_changed(b->lessor, ids[i], 0);
+    free(ids);
+    return mvcc_lease_list(b->store, lessor_store_changed, b->lessor);
+}
+
 void lease_service_free(ballast_server *b)
 {
     mvcc_set_lease_hook(b->store, NULL, NULL);
@@ -154,6 +115,8 @@ void lease_service_free(ballast_server *b)
 static void lease_grant(rpc_call *call, const uint8_t *data, size_t len, void *arg)
 {
     ballast_server *b = arg;
+    if (ballast_route(b, call, "/etcdserverpb.Lease/LeaseGrant", lease_grant, data, len))
+        return;
     Etcdserverpb__LeaseGrantRequest *r = ballast_unpack(call, &etcdserverpb__lease_grant_request__descriptor, data, len);
     if (!r)
         return;
@@ -162,17 +125,19 @@ static void lease_grant(rpc_call *call, const uint8_t *data, size_t len, void *a
         r->id = lease_id_next(b);
     if (r->ttl < b->min_lease_ttl)
         r->ttl = b->min_lease_ttl;
-    propose_msg(b, call, BATCH_OP_LEASE_GRANT, &r->base);
+    ballast_propose_msg(b, call, BATCH_OP_LEASE_GRANT, &r->base, NULL, NULL);
     protobuf_c_message_free_unpacked(&r->base, NULL);
 }
 
 static void lease_revoke(rpc_call *call, const uint8_t *data, size_t len, void *arg)
 {
     ballast_server *b = arg;
+    if (ballast_route(b, call, "/etcdserverpb.Lease/LeaseRevoke", lease_revoke, data, len))
+        return;
     Etcdserverpb__LeaseRevokeRequest *r = ballast_unpack(call, &etcdserverpb__lease_revoke_request__descriptor, data, len);
     if (!r)
         return;
-    propose_msg(b, call, BATCH_OP_LEASE_REVOKE, &r->base);
+    ballast_propose_msg(b, call, BATCH_OP_LEASE_REVOKE, &r->base, NULL, NULL);
     protobuf_c_message_free_unpacked(&r->base, NULL);
 }
 
@@ -209,6 +174,8 @@ static void add_key(void *arg, const uint8_t *key, size_t len)
 static void lease_time_to_live(rpc_call *call, const uint8_t *data, size_t len, void *arg)
 {
     ballast_server *b = arg;
+    if (ballast_route(b, call, "/etcdserverpb.Lease/LeaseTimeToLive", lease_time_to_live, data, len))
+        return;
     Etcdserverpb__LeaseTimeToLiveRequest *r = ballast_unpack(call, &etcdserverpb__lease_time_to_live_request__descriptor, data, len);
     if (!r)
         return;
@@ -250,6 +217,8 @@ static void lease_time_to_live(rpc_call *call, const uint8_t *data, size_t len, 
 static void lease_leases(rpc_call *call, const uint8_t *data, size_t len, void *arg)
 {
     ballast_server *b = arg;
+    if (ballast_route(b, call, "/etcdserverpb.Lease/LeaseLeases", lease_leases, data, len))
+        return;
     Etcdserverpb__LeaseLeasesRequest *r = ballast_unpack(call, &etcdserverpb__lease_leases_request__descriptor, data, len);
     if (!r)
         return;
@@ -282,13 +251,16 @@ static void lease_leases(rpc_call *call, const uint8_t *data, size_t len, void *
     free(ids);
 }
 
+static void lease_renew(rpc_call *call, const uint8_t *data, size_t len, void *arg);
+
 size_t lease_service_methods(ballast_server *b, rpc_method *out)
 {
     out[0] = (rpc_method){"/etcdserverpb.Lease/LeaseGrant", lease_grant, b, 8};
     out[1] = (rpc_method){"/etcdserverpb.Lease/LeaseRevoke", lease_revoke, b, 8};
     out[2] = (rpc_method){"/etcdserverpb.Lease/LeaseTimeToLive", lease_time_to_live, b, 8};
     out[3] = (rpc_method){"/etcdserverpb.Lease/LeaseLeases", lease_leases, b, 2};
-    return 4;
+    out[4] = (rpc_method){"/ballastpb.Internal/LeaseRenew", lease_renew, b, 4};
+    return 5;
 }
 
 /* ---- LeaseKeepAlive: one response per request, from the leader's lessor ---- */
@@ -299,13 +271,15 @@ static void keepalive_open(rpc_stream *st, void *arg)
     (void)arg;
 }
 
-static void keepalive_message(rpc_stream *st, const uint8_t *msg, size_t len, void *arg)
+/* The leader's answer to one keep-alive request: the encoded response in
+ * buf (*n bytes), or a failure status with etcd's message. */
+static grpc_status_code keepalive_answer(ballast_server *b, const uint8_t *msg, size_t len, uint8_t *buf,
+                                         size_t cap, size_t *n, const char **error)
 {
-    ballast_server *b = arg;
     Etcdserverpb__LeaseKeepAliveRequest *req = etcdserverpb__lease_keep_alive_request__unpack(NULL, len, msg);
     if (!req) {
-        rpc_stream_finish(st, GRPC_STATUS_INTERNAL, BALLAST_ERR_MALFORMED);
-        return;
+        *error = BALLAST_ERR_MALFORMED;
+        return GRPC_STATUS_INTERNAL;
     }
     int64_t id = req->id;
     etcdserverpb__lease_keep_alive_request__free_unpacked(req, NULL);
@@ -316,21 +290,70 @@ static void keepalive_message(rpc_stream *st, const uint8_t *msg, size_t len, vo
     int64_t ttl = 0;
     int rc = lessor_renew(b->lessor, id, &ttl);
     if (rc == LESSOR_NOT_PRIMARY) {
-        rpc_stream_finish(st, GRPC_STATUS_UNAVAILABLE, ERR_NO_LEADER);
-        return;
+        *error = ERR_NO_LEADER;
+        return GRPC_STATUS_UNAVAILABLE;
     }
     Etcdserverpb__LeaseKeepAliveResponse resp = ETCDSERVERPB__LEASE_KEEP_ALIVE_RESPONSE__INIT;
     resp.header = &h;
     resp.id = id;
     resp.ttl = rc == LESSOR_OK ? ttl : 0; /* an unknown lease gets TTL 0 */
-    uint8_t buf[128];
-    size_t n = protobuf_c_message_get_packed_size(&resp.base);
-    if (n > sizeof buf) {
-        rpc_stream_finish(st, GRPC_STATUS_INTERNAL, "etcdserver: response too large");
-        return;
+    *n = protobuf_c_message_get_packed_size(&resp.base);
+    if (*n > cap) {
+        *error = "etcdserver: response too large";
+        return GRPC_STATUS_INTERNAL;
     }
     protobuf_c_message_pack(&resp.base, buf);
-    rpc_stream_send(st, buf, n);
+    return GRPC_STATUS_OK;
+}
+
+/* A follower's keep-alive, answered by the leader. */
+static void keepalive_forwarded(void *arg, grpc_status_code code, const char *message,
+                                const uint8_t *resp, size_t len)
+{
+    rpc_stream *st = arg;
+    if (code == GRPC_STATUS_OK) {
+        rpc_stream_send(st, resp, len);
+    } else {
+        cluster_map_forward_error(&code, &message);
+        rpc_stream_finish(st, code, message);
+    }
+    rpc_stream_release(st);
+}
+
+static void keepalive_message(rpc_stream *st, const uint8_t *msg, size_t len, void *arg)
+{
+    ballast_server *b = arg;
+    raft_node_status ns;
+    raft_node_get_status(b->node, &ns);
+    char target[300];
+    if (!lessor_is_primary(b->lessor) && !ns.is_leader && ns.leader_id &&
+        cluster_leader_target(b, ns.leader_id, target, sizeof target) == 0) {
+        rpc_stream_ref(st);
+        peer_client_call(b->peers, target, "/ballastpb.Internal/LeaseRenew", msg, len,
+                         cluster_request_timeout_ms(b), keepalive_forwarded, st);
+        return;
+    }
+    uint8_t buf[128];
+    size_t n = 0;
+    const char *error = NULL;
+    grpc_status_code code = keepalive_answer(b, msg, len, buf, sizeof buf, &n, &error);
+    if (code != GRPC_STATUS_OK)
+        rpc_stream_finish(st, code, error);
+    else
+        rpc_stream_send(st, buf, n);
+}
+
+/* /ballastpb.Internal/LeaseRenew: a follower's keep-alive, on the leader. */
+static void lease_renew(rpc_call *call, const uint8_t *data, size_t len, void *arg)
+{
+    uint8_t buf[128];
+    size_t n = 0;
+    const char *error = NULL;
+    grpc_status_code code = keepalive_answer(arg, data, len, buf, sizeof buf, &n, &error);
+    if (code != GRPC_STATUS_OK)
+        rpc_fail(call, code, error);
+    else
+        rpc_reply(call, buf, n);
 }
 
 /* etcd's keep-alive loop returns when the client stops sending: the stream

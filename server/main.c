@@ -103,6 +103,10 @@ int main(int argc, char **argv, char **envp)
     if (!b.watch)
         die("cannot start the watch hub", err);
 
+    grpc_init();
+    if (cluster_init(&b, &err) != 0)
+        die("cannot start the cluster layer", err);
+
     raft_node_peer *peers = calloc(cfg.n_initial_cluster ? cfg.n_initial_cluster : 1, sizeof *peers);
     char (*peer_addr)[300] = calloc(cfg.n_initial_cluster ? cfg.n_initial_cluster : 1, sizeof *peer_addr);
     for (size_t i = 0; i < cfg.n_initial_cluster; i++) {
@@ -142,13 +146,19 @@ int main(int argc, char **argv, char **envp)
                 .max_in_flight = 4,
                 .max_entry_bytes = cfg.max_request_bytes * 4,
             },
-        .op_done = lease_service_op_done,
+        .op_done = ballast_op_done,
         .read_done = kv_service_read_done,
         .leader_change = lease_service_leader_change,
+        .remote_read = cluster_remote_read,
+        .fetch_store = cluster_fetch_store,
+        .applied = cluster_applied,
+        .transfer_done = cluster_transfer_done,
         .cb_arg = &b,
     };
     if (raft_node_start(&rc, &b.node, &err) != 0)
         die("cannot start raft", err);
+    if (cluster_start(&b, &err) != 0)
+        die("cannot start the cluster layer", err);
 
     /* Serve once a leader is known (at once for a single member), or after a
      * few election timeouts anyway: requests then get etcd's errors. */
@@ -176,7 +186,6 @@ int main(int argc, char **argv, char **envp)
                  u->host, u->port);
         listen[i] = listen_addr[i];
     }
-    grpc_init();
     rpc_options ro = {
         .listen = listen,
         .n_listen = cfg.listen_client_urls.n,
@@ -212,9 +221,11 @@ int main(int argc, char **argv, char **envp)
     metrics_http_stop(metrics);
     rpc_server_begin_shutdown(rpc);
     lease_service_stop_timers(&b); /* no more expiry proposals */
+    cluster_stop_calls(&b);  /* parked and forwarded calls */
     raft_node_stop(b.node); /* answers every call still waiting for raft */
     lease_service_free(&b);
     kv_service_stop(&b);
+    cluster_free(&b);
     watch_hub_stop(b.watch); /* releases the streams still open */
     rpc_server_finish_shutdown(rpc);
     rpc_server_destroy(rpc);

@@ -29,7 +29,7 @@ static void maintenance_status(rpc_call *call, const uint8_t *data, size_t len, 
         resp.errors = errors;
         resp.n_errors = 1;
     }
-    resp.islearner = 0;
+    resp.islearner = st.is_learner;
     ballast_reply_packed(call, &resp.base);
 }
 

@@ -66,6 +66,7 @@ struct rpc_call {
     int have_details;
     grpc_byte_buffer *resp;
     void *data;
+    gpr_timespec arrived;
 };
 
 /* An unregistered method: answered UNIMPLEMENTED at once (otherwise gRPC
@@ -155,6 +156,12 @@ void rpc_fail(rpc_call *c, grpc_status_code code, const char *message)
     send_reply(c, code, message);
 }
 
+uint64_t rpc_call_age_ms(rpc_call *c)
+{
+    gpr_timespec d = gpr_time_sub(gpr_now(GPR_CLOCK_MONOTONIC), c->arrived);
+    return d.tv_sec < 0 ? 0 : (uint64_t)d.tv_sec * 1000u + (uint64_t)d.tv_nsec / 1000000u;
+}
+
 void rpc_call_set_data(rpc_call *c, void *data)
 {
     c->data = data;
@@ -173,6 +180,7 @@ static void on_requested(tag *t, int ok)
         call_free(c);
         return;
     }
+    c->arrived = gpr_now(GPR_CLOCK_MONOTONIC);
     post_call(c->server, c->queue, c->method);
     if (!c->payload) {
         rpc_fail(c, GRPC_STATUS_INTERNAL, "grpc: error receiving the request message");
@@ -449,6 +457,13 @@ void rpc_stream_set_data(rpc_stream *st, void *data)
 void *rpc_stream_data(rpc_stream *st)
 {
     return st->data;
+}
+
+void rpc_stream_ref(rpc_stream *st)
+{
+    pthread_mutex_lock(&st->mu);
+    st->refs++;
+    pthread_mutex_unlock(&st->mu);
 }
 
 void rpc_stream_release(rpc_stream *st)

@@ -57,6 +57,9 @@ size_t rpc_stream_backlog(rpc_stream *s);
 void rpc_stream_finish(rpc_stream *s, grpc_status_code code, const char *message);
 void rpc_stream_set_data(rpc_stream *s, void *data);
 void *rpc_stream_data(rpc_stream *s);
+/* Takes one more reference (e.g. for an answer that will be sent later);
+ * each reference is given back with rpc_stream_release. */
+void rpc_stream_ref(rpc_stream *s);
 void rpc_stream_release(rpc_stream *s);
 
 typedef struct rpc_stream_method {
@@ -94,6 +97,8 @@ void rpc_fail(rpc_call *call, grpc_status_code code, const char *message);
 /* Per-call scratch for the handler: a pointer it may set and read back in
  * later callbacks (e.g. a decoded request). The handler frees what it puts. */
 void rpc_call_set_data(rpc_call *call, void *data);
+/* Milliseconds since the call arrived. */
+uint64_t rpc_call_age_ms(rpc_call *call);
 void *rpc_call_data(rpc_call *call);
 
 #endif

@@ -173,6 +173,8 @@ int mvcc_open(const char *dir, mvcc **out, char **errmsg)
         goto bad_meta;
     if (found)
         m->compact_rev = (int64_t)be64_decode(b);
+    if (member_load_cluster_id(m))
+        goto bad_meta;
     m->phys_done = -1;
     revkey_make(m->phys_pos, 0, 0);
     if (meta_get(m, META_PHYS, b, sizeof(b), &found))

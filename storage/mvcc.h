@@ -171,6 +171,20 @@ void mvcc_db_size(mvcc *m, int64_t *size, int64_t *size_in_use);
  * so the raft log before mvcc_applied_index() may be truncated. */
 int mvcc_sync(mvcc *m);
 
+/* ---- Members ----
+ *
+ * The cluster's member list is replicated data (MemberOp entries, applied
+ * in the entry's write batch), so it travels with a snapshot of the store. */
+
+/* Every member (ordered by id), decoded; free with mvcc_members_free.
+ * Returns 0 or -1 on a store error. */
+int mvcc_members(mvcc *m, Ballastpb__Member ***out, size_t *n);
+void mvcc_members_free(Ballastpb__Member **members, size_t n);
+/* The cluster id recorded by the first MemberOp BOOTSTRAP; 0 before. */
+uint64_t mvcc_cluster_id(mvcc *m);
+/* Changes each time an applied entry changed the member list. */
+uint64_t mvcc_members_generation(mvcc *m);
+
 /* ---- Watch support ----
  *
  * Events as a watcher sees them (mvccpb.Event). `kv` is an encoded

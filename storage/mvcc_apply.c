@@ -630,6 +630,7 @@ int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h, Ballastpb__Op *con
     }
     rocksdb_writebatch_wi_clear(m->wb);
     m->lease_n = 0;
+    m->members_touched = false;
     m->ev_n = 0;
     m->ev_arena.len = 0;
     m->ev_collect = __atomic_load_n(&m->event_fn, __ATOMIC_ACQUIRE) != NULL;
@@ -667,6 +668,9 @@ int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h, Ballastpb__Op *con
         case BALLASTPB__OP__OP_LEASE_REVOKE:
             rc = do_lease_revoke(&c, op->lease_revoke, out, res);
             break;
+        case BALLASTPB__OP__OP_MEMBER:
+            rc = member_apply(m, &c.v, op->member, res);
+            break;
         default:
             rc = client_err(res, MVCC_STATUS_INVALID_ARGUMENT, "etcdserver: unknown operation");
             break;
@@ -700,7 +704,13 @@ int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h, Ballastpb__Op *con
         m->rev = c.v.rev;
         compacted = c.v.compact_rev != m->compact_rev;
         m->compact_rev = c.v.compact_rev;
+        if (m->members_touched) {
+            if (m->pending_cluster_id)
+                __atomic_store_n(&m->cluster_id, m->pending_cluster_id, __ATOMIC_RELEASE);
+            __atomic_add_fetch(&m->members_gen, 1, __ATOMIC_RELEASE);
+        }
     }
+    m->pending_cluster_id = 0;
     pthread_mutex_unlock(&m->mu);
     rocksdb_writebatch_wi_clear(m->wb);
     if (err) {

@@ -145,6 +145,13 @@ struct mvcc {
     uint8_t phys_pos[REVKEY_LEN];   /* resume position in "rev" */
     void (*compact_cb)(void *arg, int64_t rev);
     void *compact_cb_arg;
+
+    /* The member list (mvcc_member.c): the cluster id once recorded, and a
+     * counter bumped by every entry that changed the list. */
+    uint64_t cluster_id;
+    uint64_t members_gen;
+    uint64_t pending_cluster_id; /* apply thread: set by this entry */
+    bool members_touched;        /* apply thread: this entry changed members */
 };
 
 /* One collected event; offsets into mvcc.ev_arena. */
@@ -201,6 +208,14 @@ void view_end(mvcc_view *v);
 #define META_PHYS "physical_compaction"
 void be64_encode(uint8_t *out, uint64_t v);
 uint64_t be64_decode(const uint8_t *p);
+
+/* ---- mvcc_member.c ---- */
+
+/* Applies a MemberOp through the apply view: 0, 1 with a client error in
+ * *res, -1 on a store error. */
+int member_apply(mvcc *m, mvcc_view *v, const Ballastpb__MemberOp *op, mvcc_result *res);
+/* Reads the recorded cluster id into m->cluster_id (at open). */
+int member_load_cluster_id(mvcc *m);
 
 /* ---- mvcc_compact.c ---- */
 

@@ -1,0 +1,706 @@
+/*
+ * The cluster layer of the front end: what makes any member accept any
+ * request.
+ *
+ * - Routing: a request only the leader serves is forwarded as it arrived to
+ *   the same method on the leader's client URL (from the replicated member
+ *   list). Its answer is held until this member has applied the revision in
+ *   the answer's header, so that a serializable read or a watch here sees the
+ *   write afterwards — etcd's follower waits for its own apply likewise.
+ *   Without a known leader the call is parked and runs again once one is
+ *   known, or fails with etcd's "request timed out" after the request
+ *   timeout.
+ * - Linearizable reads on a follower ask the leader for a read index (the
+ *   raft node calls cluster_remote_read) and wait for it to be applied here.
+ * - A thread records the bootstrap member list (first leader of a new
+ *   cluster), publishes this member's name and client URLs, retries parked
+ *   calls, and stops this member when it has been removed from the cluster.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ballast.h"
+#include "member.h"
+
+#define TICK_MS 20 /* parked calls are retried this often */
+#define PUBLISH_RETRY_MS 1000
+#define KV_COMPACT "/etcdserverpb.KV/Compact"
+
+static const char ERR_TIMEOUT[] = "etcdserver: request timed out";
+
+/* A forwarded call's answer, waiting for this member to apply `rev`. */
+typedef struct fwd_wait {
+    struct fwd_wait *next;
+    rpc_call *call;
+    int64_t rev;
+    int physical; /* a physical Compact: also wait for the removal here */
+    int64_t compact_rev;
+    size_t len;
+    uint8_t resp[];
+} fwd_wait;
+
+/* A call waiting for a leader to be known. */
+typedef struct parked {
+    struct parked *next;
+    rpc_unary_handler handler;
+    rpc_call *call;
+    const uint8_t *data;
+    size_t len;
+} parked;
+
+/* A forward in flight. */
+typedef struct forward {
+    ballast_server *b;
+    rpc_call *call;
+    rpc_unary_handler handler;
+    const uint8_t *data;
+    size_t len;
+    int physical;
+    int64_t compact_rev;
+} forward;
+
+struct cluster_state {
+    pthread_mutex_t mu;
+    pthread_t thread;
+    int thread_started;
+    int stopping;
+    fwd_wait *waiters; /* ordered by rev */
+    int have_waiters;  /* atomic: waiters != NULL */
+    parked *parked;
+    /* the member list as last read from the store */
+    uint64_t members_gen;
+    Ballastpb__Member **members;
+    size_t n_members;
+    int members_loaded;
+    /* cluster thread */
+    uint64_t next_publish_ms;
+    int publish_in_flight; /* atomic */
+    uint64_t next_bootstrap_ms;
+    int seen_self;
+    int removed;
+};
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+unsigned cluster_request_timeout_ms(ballast_server *b)
+{
+    return 5000u + 2u * b->cfg->election_timeout_ms;
+}
+
+/* ---- the member list ---- */
+
+/* Reloads the cached list if the store's changed. Called with mu held. */
+static void members_refresh_locked(ballast_server *b)
+{
+    struct cluster_state *c = b->cluster;
+    uint64_t gen = mvcc_members_generation(b->store);
+    if (c->members_loaded && gen == c->members_gen)
+        return;
+    Ballastpb__Member **list;
+    size_t n;
+    if (mvcc_members(b->store, &list, &n) != 0)
+        return;
+    mvcc_members_free(c->members, c->n_members);
+    c->members = list;
+    c->n_members = n;
+    c->members_gen = gen;
+    c->members_loaded = 1;
+}
+
+/* "host:port" of a URL such as "http://127.0.0.1:2379". */
+static int url_target(const char *url, char *out, size_t cap)
+{
+    const char *p = strstr(url, "://");
+    p = p ? p + 3 : url;
+    size_t len = strcspn(p, "/");
+    if (len == 0 || len >= cap)
+        return -1;
+    memcpy(out, p, len);
+    out[len] = 0;
+    return 0;
+}
+
+int cluster_leader_target(ballast_server *b, uint64_t leader_id, char *out, size_t cap)
+{
+    struct cluster_state *c = b->cluster;
+    int rv = -1;
+    pthread_mutex_lock(&c->mu);
+    members_refresh_locked(b);
+    for (size_t i = 0; i < c->n_members; i++)
+        if (c->members[i]->id == leader_id && c->members[i]->n_client_urls > 0)
+            rv = url_target(c->members[i]->client_urls[0], out, cap);
+    pthread_mutex_unlock(&c->mu);
+    return rv;
+}
+
+/* ---- answers held until this member has applied the leader's revision ---- */
+
+static int read_varint(const uint8_t *p, size_t n, size_t *i, uint64_t *v)
+{
+    *v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+        if (*i >= n)
+            return -1;
+        uint8_t byte = p[(*i)++];
+        *v |= (uint64_t)(byte & 0x7f) << shift;
+        if (!(byte & 0x80))
+            return 0;
+    }
+    return -1;
+}
+
+/* Finds the first occurrence of `field` in an encoded message: a varint's
+ * value in *v, or a length-delimited field's bytes in *sub, *sub_len.
+ * Returns 1 when found, 0 when not (or the bytes do not parse). */
+static int pb_find(const uint8_t *p, size_t n, uint32_t field, uint64_t *v, const uint8_t **sub,
+                   size_t *sub_len)
+{
+    size_t i = 0;
+    while (i < n) {
+        uint64_t key, val;
+        if (read_varint(p, n, &i, &key) != 0)
+            return 0;
+        switch (key & 7) {
+        case 0:
+            if (read_varint(p, n, &i, &val) != 0)
+                return 0;
+            if ((key >> 3) == field) {
+                *v = val;
+                return 1;
+            }
+            break;
+        case 1:
+            i += 8;
+            break;
+        case 5:
+            i += 4;
+            break;
+        case 2:
+            if (read_varint(p, n, &i, &val) != 0 || val > n - i)
+                return 0;
+            if ((key >> 3) == field) {
+                *sub = p + i;
+                *sub_len = (size_t)val;
+                return 1;
+            }
+            i += (size_t)val;
+            break;
+        default:
+            return 0;
+        }
+    }
+    return 0;
+}
+
+/* The revision in the ResponseHeader (field 1, its field 4) of an encoded
+ * etcd response, or 0 when it has none. */
+static int64_t header_revision(const uint8_t *p, size_t n)
+{
+    const uint8_t *h;
+    size_t hn;
+    uint64_t rev = 0;
+    if (pb_find(p, n, 1, &rev, &h, &hn) && pb_find(h, hn, 4, &rev, &h, &hn))
+        return (int64_t)rev;
+    return 0;
+}
+
+static void deliver(ballast_server *b, fwd_wait *w)
+{
+    if (w->physical)
+        kv_service_answer_compacted(b, w->call, w->compact_rev, w->resp, w->len);
+    else
+        rpc_reply(w->call, w->resp, w->len);
+    free(w);
+}
+
+static void answer_after_apply(ballast_server *b, rpc_call *call, const uint8_t *resp, size_t len,
+                               int physical, int64_t compact_rev)
+{
+    struct cluster_state *c = b->cluster;
+    fwd_wait *w = malloc(sizeof *w + len);
+    if (!w) {
+        rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "etcdserver: out of memory");
+        return;
+    }
+    w->call = call;
+    w->rev = header_revision(resp, len);
+    w->physical = physical;
+    w->compact_rev = compact_rev;
+    w->len = len;
+    memcpy(w->resp, resp, len);
+    pthread_mutex_lock(&c->mu);
+    if (mvcc_current_revision(b->store) >= w->rev) {
+        pthread_mutex_unlock(&c->mu);
+        deliver(b, w);
+        return;
+    }
+    fwd_wait **p = &c->waiters;
+    while (*p && (*p)->rev <= w->rev)
+        p = &(*p)->next;
+    w->next = *p;
+    *p = w;
+    __atomic_store_n(&c->have_waiters, 1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* Takes the waiters that may be answered: applied here, or (all = 1) every
+ * one. Called with mu held. */
+static fwd_wait *take_waiters_locked(ballast_server *b, int all)
+{
+    struct cluster_state *c = b->cluster;
+    int64_t rev = mvcc_current_revision(b->store);
+    fwd_wait *ready = c->waiters, **p = &c->waiters;
+    while (*p && (all || (*p)->rev <= rev))
+        p = &(*p)->next;
+    c->waiters = *p;
+    *p = NULL;
+    if (!c->waiters)
+        __atomic_store_n(&c->have_waiters, 0, __ATOMIC_RELEASE);
+    return ready == c->waiters ? NULL : ready;
+}
+
+static void deliver_all(ballast_server *b, fwd_wait *w)
+{
+    while (w) {
+        fwd_wait *next = w->next;
+        deliver(b, w);
+        w = next;
+    }
+}
+
+void cluster_applied(void *arg, uint64_t index)
+{
+    (void)index;
+    ballast_server *b = arg;
+    struct cluster_state *c = b->cluster;
+    if (!__atomic_load_n(&c->have_waiters, __ATOMIC_ACQUIRE))
+        return;
+    pthread_mutex_lock(&c->mu);
+    fwd_wait *ready = take_waiters_locked(b, 0);
+    pthread_mutex_unlock(&c->mu);
+    deliver_all(b, ready);
+}
+
+/* ---- routing ---- */
+
+void cluster_map_forward_error(grpc_status_code *code, const char **message)
+{
+    if (*code == GRPC_STATUS_DEADLINE_EXCEEDED) {
+        *code = GRPC_STATUS_UNAVAILABLE;
+        *message = ERR_TIMEOUT;
+    } else if (*code == GRPC_STATUS_UNAVAILABLE &&
+               (!*message || strncmp(*message, "etcdserver:", 11) != 0)) {
+        /* the connection to the leader broke: the outcome is unknown */
+        *message = "etcdserver: request timed out, possibly due to connection lost";
+    }
+}
+
+/* True when gRPC failed before the leader could have seen the request, so
+ * running it again cannot apply it twice. */
+static int never_sent(grpc_status_code code, const char *message)
+{
+    return code == GRPC_STATUS_UNAVAILABLE && message &&
+           (strstr(message, "failed to connect") || strstr(message, "Connection refused") ||
+            strstr(message, "cannot reach the leader"));
+}
+
+static void park(ballast_server *b, rpc_call *call, rpc_unary_handler handler, const uint8_t *data,
+                 size_t len)
+{
+    struct cluster_state *c = b->cluster;
+    parked *p = malloc(sizeof *p);
+    if (!p) {
+        rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "etcdserver: out of memory");
+        return;
+    }
+    *p = (parked){NULL, handler, call, data, len};
+    pthread_mutex_lock(&c->mu);
+    if (c->stopping) {
+        pthread_mutex_unlock(&c->mu);
+        free(p);
+        rpc_fail(call, GRPC_STATUS_UNAVAILABLE, "etcdserver: server stopped");
+        return;
+    }
+    p->next = c->parked;
+    c->parked = p;
+    pthread_mutex_unlock(&c->mu);
+}
+
+static void forward_done(void *arg, grpc_status_code code, const char *message, const uint8_t *resp,
+                         size_t len)
+{
+    forward *f = arg;
+    ballast_server *b = f->b;
+    if (code == GRPC_STATUS_OK) {
+        answer_after_apply(b, f->call, resp, len, f->physical, f->compact_rev);
+    } else if (never_sent(code, message) && rpc_call_age_ms(f->call) < cluster_request_timeout_ms(b)) {
+        park(b, f->call, f->handler, f->data, f->len);
+    } else {
+        cluster_map_forward_error(&code, &message);
+        rpc_fail(f->call, code, message);
+    }
+    free(f);
+}
+
+int ballast_route(ballast_server *b, rpc_call *call, const char *method, rpc_unary_handler handler,
+                  const uint8_t *data, size_t len)
+{
+    raft_node_status st;
+    raft_node_get_status(b->node, &st);
+    if (st.is_leader)
+        return 0;
+    char target[300];
+    if (!st.leader_id || st.leader_id == b->member_id ||
+        cluster_leader_target(b, st.leader_id, target, sizeof target) != 0) {
+        park(b, call, handler, data, len);
+        return 1;
+    }
+    forward *f = malloc(sizeof *f);
+    if (!f) {
+        rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "etcdserver: out of memory");
+        return 1;
+    }
+    *f = (forward){b, call, handler, data, len, 0, 0};
+    int64_t *physical_rev = strcmp(method, KV_COMPACT) == 0 ? rpc_call_data(call) : NULL;
+    if (physical_rev) {
+        f->physical = 1;
+        f->compact_rev = *physical_rev;
+        free(physical_rev);
+        rpc_call_set_data(call, NULL);
+    }
+    unsigned age = (unsigned)rpc_call_age_ms(call), timeout = cluster_request_timeout_ms(b);
+    peer_client_call(b->peers, target, method, data, len, age < timeout ? timeout - age : 1, forward_done, f);
+    return 1;
+}
+
+/* ---- linearizable reads on a follower ---- */
+
+static void read_index_done(void *arg, grpc_status_code code, const char *message, const uint8_t *resp,
+                            size_t len)
+{
+    ballast_server *b = arg;
+    if (code != GRPC_STATUS_OK) {
+        raft_node_remote_read_done(b->node, -1, message, 0);
+        return;
+    }
+    Ballastpb__ReadIndexResponse *r = ballastpb__read_index_response__unpack(NULL, len, resp);
+    if (!r) {
+        raft_node_remote_read_done(b->node, -1, "etcdserver: bad read index answer", 0);
+        return;
+    }
+    raft_node_remote_read_done(b->node, 0, NULL, r->index);
+    ballastpb__read_index_response__free_unpacked(r, NULL);
+}
+
+void cluster_remote_read(void *arg, uint64_t leader_id)
+{
+    ballast_server *b = arg;
+    char target[300];
+    if (cluster_leader_target(b, leader_id, target, sizeof target) != 0) {
+        raft_node_remote_read_done(b->node, -1, "etcdserver: leader unknown", 0);
+        return;
+    }
+    peer_client_call(b->peers, target, "/ballastpb.Internal/ReadIndex", NULL, 0,
+                     cluster_request_timeout_ms(b), read_index_done, b);
+}
+
+/* ---- the cluster thread ---- */
+
+static void publish_done_local(ballast_server *b, rpc_call *call, const mvcc_result *res,
+                               const uint8_t *resp_base, void *extra)
+{
+    (void)call;
+    (void)res;
+    (void)resp_base;
+    (void)extra;
+    __atomic_store_n(&b->cluster->publish_in_flight, 0, __ATOMIC_RELEASE);
+}
+
+static void publish_done_remote(void *arg, grpc_status_code code, const char *message,
+                                const uint8_t *resp, size_t len)
+{
+    (void)code;
+    (void)message;
+    (void)resp;
+    (void)len;
+    ballast_server *b = arg;
+    __atomic_store_n(&b->cluster->publish_in_flight, 0, __ATOMIC_RELEASE);
+}
+
+static int same_urls(char **a, size_t na, const config_url_list *l)
+{
+    if (na != l->n)
+        return 0;
+    for (size_t i = 0; i < na; i++)
+        if (strcmp(a[i], l->items[i].text) != 0)
+            return 0;
+    return 1;
+}
+
+static void propose_member_op(ballast_server *b, const raft_node_status *st, Ballastpb__MemberOp *op)
+{
+    struct cluster_state *c = b->cluster;
+    if (st->is_leader) {
+        __atomic_store_n(&c->publish_in_flight, 1, __ATOMIC_RELEASE);
+        ballast_propose_msg(b, NULL, BATCH_OP_MEMBER, &op->base, publish_done_local, NULL);
+        return;
+    }
+    char target[300];
+    if (!st->leader_id || cluster_leader_target(b, st->leader_id, target, sizeof target) != 0)
+        return;
+    size_t len = protobuf_c_message_get_packed_size(&op->base);
+    uint8_t *buf = malloc(len ? len : 1);
+    if (!buf)
+        return;
+    protobuf_c_message_pack(&op->base, buf);
+    __atomic_store_n(&c->publish_in_flight, 1, __ATOMIC_RELEASE);
+    peer_client_call(b->peers, target, "/ballastpb.Internal/PublishMember", buf, len,
+                     cluster_request_timeout_ms(b), publish_done_remote, b);
+    free(buf);
+}
+
+/* The first leader of a new cluster records the bootstrap member list (a
+ * store from before member lists gets one the same way). */
+static void maybe_bootstrap(ballast_server *b, const raft_node_status *st, size_t n_members, uint64_t now)
+{
+    struct cluster_state *c = b->cluster;
+    if (!st->is_leader || n_members > 0 || now < c->next_bootstrap_ms ||
+        __atomic_load_n(&c->publish_in_flight, __ATOMIC_ACQUIRE))
+        return;
+    c->next_bootstrap_ms = now + PUBLISH_RETRY_MS;
+    const ballast_config *cfg = b->cfg;
+    size_t n = cfg->n_initial_cluster;
+    Ballastpb__Member *mem = calloc(n ? n : 1, sizeof *mem);
+    Ballastpb__Member **ptrs = calloc(n ? n : 1, sizeof *ptrs);
+    char **urls = calloc(n ? n : 1, sizeof *urls);
+    if (!mem || !ptrs || !urls) {
+        free(mem);
+        free(ptrs);
+        free(urls);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        ballastpb__member__init(&mem[i]);
+        mem[i].id = member_id_for_url(cfg->initial_cluster[i].url.text, cfg->initial_cluster_token);
+        mem[i].name = cfg->initial_cluster[i].name;
+        urls[i] = cfg->initial_cluster[i].url.text;
+        mem[i].peer_urls = &urls[i];
+        mem[i].n_peer_urls = 1;
+        ptrs[i] = &mem[i];
+    }
+    Ballastpb__MemberOp op = BALLASTPB__MEMBER_OP__INIT;
+    op.kind = BALLASTPB__MEMBER_OP__KIND__BOOTSTRAP;
+    op.members = ptrs;
+    op.n_members = n;
+    op.cluster_id = b->cluster_id;
+    propose_member_op(b, st, &op);
+    free(mem);
+    free(ptrs);
+    free(urls);
+}
+
+/* Publishes this member's name and client URLs when the record lacks them
+ * (etcd publishes its attributes through raft the same way); notices a
+ * removal. */
+static void check_self(ballast_server *b, const raft_node_status *st, Ballastpb__Member **members,
+                       size_t n_members, uint64_t now)
+{
+    struct cluster_state *c = b->cluster;
+    const Ballastpb__Member *me = NULL;
+    for (size_t i = 0; i < n_members; i++)
+        if (members[i]->id == b->member_id)
+            me = members[i];
+    if (!me) {
+        if (c->seen_self && n_members > 0 && !c->removed) {
+            c->removed = 1;
+            fprintf(stderr, "ballast info: the member has been permanently removed from the cluster; stopping\n");
+            kill(getpid(), SIGTERM);
+        }
+        return;
+    }
+    c->seen_self = 1;
+    const ballast_config *cfg = b->cfg;
+    if (strcmp(me->name, cfg->name) == 0 &&
+        same_urls(me->client_urls, me->n_client_urls, &cfg->advertise_client_urls))
+        return;
+    if (now < c->next_publish_ms || __atomic_load_n(&c->publish_in_flight, __ATOMIC_ACQUIRE))
+        return;
+    c->next_publish_ms = now + PUBLISH_RETRY_MS;
+    char **urls = calloc(cfg->advertise_client_urls.n ? cfg->advertise_client_urls.n : 1, sizeof *urls);
+    if (!urls)
+        return;
+    for (size_t i = 0; i < cfg->advertise_client_urls.n; i++)
+        urls[i] = cfg->advertise_client_urls.items[i].text;
+    Ballastpb__Member m = BALLASTPB__MEMBER__INIT;
+    m.id = b->member_id;
+    m.name = cfg->name;
+    m.client_urls = urls;
+    m.n_client_urls = cfg->advertise_client_urls.n;
+    Ballastpb__Member *ptr = &m;
+    Ballastpb__MemberOp op = BALLASTPB__MEMBER_OP__INIT;
+    op.kind = BALLASTPB__MEMBER_OP__KIND__ATTRS;
+    op.members = &ptr;
+    op.n_members = 1;
+    propose_member_op(b, st, &op);
+    free(urls);
+}
+
+/* Runs parked calls again once a leader is known; fails those out of time. */
+static void retry_parked(ballast_server *b, const raft_node_status *st)
+{
+    struct cluster_state *c = b->cluster;
+    char target[300];
+    int leader_known = st->is_leader || (st->leader_id && st->leader_id != b->member_id &&
+                                         cluster_leader_target(b, st->leader_id, target, sizeof target) == 0);
+    unsigned timeout = cluster_request_timeout_ms(b);
+    pthread_mutex_lock(&c->mu);
+    parked *list = c->parked, *keep = NULL;
+    c->parked = NULL;
+    pthread_mutex_unlock(&c->mu);
+    while (list) {
+        parked *p = list;
+        list = p->next;
+        if (leader_known) {
+            p->handler(p->call, p->data, p->len, b);
+            free(p);
+        } else if (rpc_call_age_ms(p->call) >= timeout) {
+            rpc_fail(p->call, GRPC_STATUS_UNAVAILABLE, ERR_TIMEOUT);
+            free(p);
+        } else {
+            p->next = keep;
+            keep = p;
+        }
+    }
+    if (keep) {
+        pthread_mutex_lock(&c->mu);
+        parked **tail = &keep;
+        while (*tail)
+            tail = &(*tail)->next;
+        *tail = c->parked;
+        c->parked = keep;
+        pthread_mutex_unlock(&c->mu);
+    }
+}
+
+static void *cluster_main(void *arg)
+{
+    ballast_server *b = arg;
+    struct cluster_state *c = b->cluster;
+    for (;;) {
+        struct timespec ts = {0, TICK_MS * 1000000L};
+        nanosleep(&ts, NULL);
+        pthread_mutex_lock(&c->mu);
+        int stopping = c->stopping;
+        pthread_mutex_unlock(&c->mu);
+        if (stopping)
+            return NULL;
+        raft_node_status st;
+        raft_node_get_status(b->node, &st);
+        uint64_t now = now_ms();
+        retry_parked(b, &st);
+        Ballastpb__Member **members;
+        size_t n_members;
+        if (mvcc_members(b->store, &members, &n_members) == 0) {
+            maybe_bootstrap(b, &st, n_members, now);
+            check_self(b, &st, members, n_members, now);
+            mvcc_members_free(members, n_members);
+        }
+        pthread_mutex_lock(&c->mu);
+        /* an answer whose revision this member cannot reach in time (it is
+         * stuck) is given anyway: the write is committed */
+        fwd_wait *late = NULL;
+        if (c->waiters && rpc_call_age_ms(c->waiters->call) >= cluster_request_timeout_ms(b))
+            late = take_waiters_locked(b, 1);
+        pthread_mutex_unlock(&c->mu);
+        deliver_all(b, late);
+    }
+}
+
+int cluster_init(ballast_server *b, char **errmsg)
+{
+    struct cluster_state *c = calloc(1, sizeof *c);
+    if (!c) {
+        *errmsg = strdup("out of memory");
+        return -1;
+    }
+    pthread_mutex_init(&c->mu, NULL);
+    b->cluster = c;
+    b->peers = peer_client_new();
+    if (!b->peers) {
+        *errmsg = strdup("cannot start the peer client");
+        return -1;
+    }
+    return 0;
+}
+
+int cluster_start(ballast_server *b, char **errmsg)
+{
+    struct cluster_state *c = b->cluster;
+    if (pthread_create(&c->thread, NULL, cluster_main, b) != 0) {
+        *errmsg = strdup("cannot start the cluster thread");
+        return -1;
+    }
+    c->thread_started = 1;
+    return 0;
+}
+
+void cluster_stop_calls(ballast_server *b)
+{
+    struct cluster_state *c = b->cluster;
+    if (!c)
+        return;
+    pthread_mutex_lock(&c->mu);
+    c->stopping = 1;
+    parked *list = c->parked;
+    c->parked = NULL;
+    pthread_mutex_unlock(&c->mu);
+    if (c->thread_started)
+        pthread_join(c->thread, NULL);
+    c->thread_started = 0;
+    while (list) {
+        parked *p = list;
+        list = p->next;
+        rpc_fail(p->call, GRPC_STATUS_UNAVAILABLE, "etcdserver: server stopped");
+        free(p);
+    }
+    peer_client_shutdown(b->peers);
+}
+
+void cluster_free(ballast_server *b)
+{
+    struct cluster_state *c = b->cluster;
+    if (!c)
+        return;
+    pthread_mutex_lock(&c->mu);
+    fwd_wait *w = take_waiters_locked(b, 1);
+    pthread_mutex_unlock(&c->mu);
+    while (w) {
+        fwd_wait *next = w->next;
+        rpc_fail(w->call, GRPC_STATUS_UNAVAILABLE, "etcdserver: server stopped");
+        free(w);
+        w = next;
+    }
+    peer_client_free(b->peers);
+    b->peers = NULL;
+    mvcc_members_free(c->members, c->n_members);
+    pthread_mutex_destroy(&c->mu);
+    free(c);
+    b->cluster = NULL;
+}
+
+int cluster_fetch_store(void *arg, uint64_t leader_id, uint64_t index)
+{
+    (void)arg;
+    (void)leader_id;
+    (void)index;
+    return -1;
+}

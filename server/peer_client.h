@@ -1,0 +1,53 @@
+/*
+ * peer_client — gRPC calls from this member to another member's client
+ * URL: how a follower forwards proposals, read-index requests and lease
+ * keep-alives to the leader, and how a member that fell behind fetches the
+ * leader's store.
+ *
+ * One completion-queue thread serves every asynchronous call; channels are
+ * kept per target address. Callbacks run on that thread and must not block.
+ */
+#ifndef BALLAST_SERVER_PEER_CLIENT_H
+#define BALLAST_SERVER_PEER_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <grpc/grpc.h>
+
+typedef struct peer_client peer_client;
+
+/* The outcome of a unary call: code GRPC_STATUS_OK with the response bytes
+ * (valid during the callback only), or a failure code and the server's (or
+ * gRPC's) message. */
+typedef void (*peer_done_fn)(void *arg, grpc_status_code code, const char *message,
+                             const uint8_t *resp, size_t len);
+
+/* Starts the client thread; NULL when out of resources. grpc_init() must
+ * have been called. */
+peer_client *peer_client_new(void);
+
+/* Cancels what is in flight (their callbacks run with CANCELLED) and waits
+ * for their callbacks; later calls fail at once ("cannot reach the
+ * leader"). */
+void peer_client_shutdown(peer_client *pc);
+/* Shuts down if not done yet, joins the thread and frees everything. */
+void peer_client_free(peer_client *pc);
+
+/* Starts a unary call of `method` (e.g. "/etcdserverpb.KV/Put") on target
+ * ("host:port") with the request bytes (copied). `cb` runs exactly once, on
+ * the client thread — or, when the call cannot even start, on the calling
+ * thread before this returns. */
+void peer_client_call(peer_client *pc, const char *target, const char *method, const uint8_t *req,
+                      size_t len, unsigned timeout_ms, peer_done_fn cb, void *arg);
+
+/* A server-streaming call read to its end on the calling thread (which
+ * must not be the client thread): on_message gets each message in order and
+ * may stop the call by returning non-zero. Returns the final status code;
+ * *message is malloc'd (or NULL) and must be freed by the caller. */
+grpc_status_code peer_client_read_stream(peer_client *pc, const char *target, const char *method,
+                                         const uint8_t *req, size_t len, unsigned timeout_ms,
+                                         int (*on_message)(void *arg, const uint8_t *msg, size_t len),
+                                         void *arg, char **message);
+
+#endif
