@@ -82,6 +82,10 @@ int cluster_init(ballast_server *b, char **errmsg);
 /* Starts the cluster thread (bootstrap record, member attributes, parked
  * calls, removal) once the raft node runs. 0, or -1 with *errmsg. */
 int cluster_start(ballast_server *b, char **errmsg);
+/* Waits until this member's name and client URLs are in the replicated
+ * member list (etcd serves clients once it has published them): 0, or -1
+ * after timeout_ms. */
+int cluster_wait_published(ballast_server *b, unsigned timeout_ms);
 /* Before the raft node stops: fails parked calls, cancels forwarded ones. */
 void cluster_stop_calls(ballast_server *b);
 /* After the raft node stopped. */

@@ -201,14 +201,14 @@ static int pb_find(const uint8_t *p, size_t n, uint32_t field, uint64_t *v, cons
     return 0;
 }
 
-/* The revision in the ResponseHeader (field 1, its field 4) of an encoded
+/* The revision in the ResponseHeader (field 1, its field 3) of an encoded
  * etcd response, or 0 when it has none. */
 static int64_t header_revision(const uint8_t *p, size_t n)
 {
     const uint8_t *h;
     size_t hn;
     uint64_t rev = 0;
-    if (pb_find(p, n, 1, &rev, &h, &hn) && pb_find(h, hn, 4, &rev, &h, &hn))
+    if (pb_find(p, n, 1, &rev, &h, &hn) && pb_find(h, hn, 3, &rev, &h, &hn))
         return (int64_t)rev;
     return 0;
 }
@@ -508,6 +508,33 @@ static void maybe_bootstrap(ballast_server *b, const raft_node_status *st, size_
     free(urls);
 }
 
+static int published(ballast_server *b, Ballastpb__Member **members, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (members[i]->id == b->member_id)
+            return strcmp(members[i]->name, b->cfg->name) == 0 &&
+                   same_urls(members[i]->client_urls, members[i]->n_client_urls,
+                             &b->cfg->advertise_client_urls);
+    return 0;
+}
+
+int cluster_wait_published(ballast_server *b, unsigned timeout_ms)
+{
+    for (unsigned waited = 0; waited < timeout_ms; waited += 10) {
+        Ballastpb__Member **members;
+        size_t n;
+        if (mvcc_members(b->store, &members, &n) == 0) {
+            int done = published(b, members, n);
+            mvcc_members_free(members, n);
+            if (done)
+                return 0;
+        }
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    return -1;
+}
+
 /* Publishes this member's name and client URLs when the record lacks them
  * (etcd publishes its attributes through raft the same way); notices a
  * removal. */
@@ -529,8 +556,7 @@ static void check_self(ballast_server *b, const raft_node_status *st, Ballastpb_
     }
     c->seen_self = 1;
     const ballast_config *cfg = b->cfg;
-    if (strcmp(me->name, cfg->name) == 0 &&
-        same_urls(me->client_urls, me->n_client_urls, &cfg->advertise_client_urls))
+    if (published(b, members, n_members))
         return;
     if (now < c->next_publish_ms || __atomic_load_n(&c->publish_in_flight, __ATOMIC_ACQUIRE))
         return;

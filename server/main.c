@@ -49,12 +49,6 @@ static void host_port(const config_url *u, char *out, size_t cap)
     snprintf(out, cap, "%s:%d", raft_host(u->host), u->port);
 }
 
-static void sleep_ms(unsigned ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 int main(int argc, char **argv, char **envp)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -160,16 +154,12 @@ int main(int argc, char **argv, char **envp)
     if (cluster_start(&b, &err) != 0)
         die("cannot start the cluster layer", err);
 
-    /* Serve once a leader is known (at once for a single member), or after a
-     * few election timeouts anyway: requests then get etcd's errors. */
-    for (unsigned waited = 0; waited < cfg.election_timeout_ms * 5; waited += 10) {
-        raft_node_status st;
-        raft_node_get_status(b.node, &st);
-        if (st.leader_id != 0 && (!st.is_leader || raft_node_read_ready(b.node) ||
-                                  st.applied_index >= st.commit_index))
-            break;
-        sleep_ms(10);
-    }
+    /* Serve once this member's attributes are in the replicated member list,
+     * as etcd does — which also means a leader is known and this member has
+     * caught up with it. A member that cannot get there soon (no quorum)
+     * serves anyway: requests then get etcd's errors. */
+    if (cluster_wait_published(&b, cfg.election_timeout_ms * 5) != 0)
+        log_info(&cfg, "not yet published to the cluster (no leader?); serving anyway");
 
     rpc_method methods[MAX_METHODS];
     size_t n_methods = 0;

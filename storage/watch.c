@@ -958,6 +958,19 @@ static void on_events(void *arg, const mvcc_event *evs, size_t n)
 
 /* ---- interface ---- */
 
+void watch_hub_store_replaced(watch_hub *h, int64_t from, int64_t to)
+{
+    if (to < from)
+        return;
+    item *it = calloc(1, sizeof(*it));
+    if (!it)
+        abort(); /* synced watchers would miss the revisions without a trace */
+    it->kind = IT_DROPPED;
+    it->first_rev = from;
+    it->last_rev = to;
+    enqueue(h, it);
+}
+
 watch_hub *watch_hub_start(const watch_hub_config *cfg, char **errmsg)
 {
     if (errmsg)

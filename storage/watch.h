@@ -63,6 +63,12 @@ watch_hub *watch_hub_start(const watch_hub_config *cfg, char **errmsg);
  * running) and before mvcc_close(). */
 void watch_hub_stop(watch_hub *h);
 
+/* The store's contents were replaced by another member's (a snapshot
+ * install): revisions [from, to] were never applied here as events, so
+ * every synced watcher catches up on them from the store's history. Call it
+ * on the apply thread, after the store was replaced. */
+void watch_hub_store_replaced(watch_hub *h, int64_t from, int64_t to);
+
 /* A new watch stream. */
 watch_stream *watch_stream_open(watch_hub *h, const watch_stream_ops *ops, void *ctx);
 /* One request received on the stream (the hub copies what it needs). */
