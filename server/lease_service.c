@@ -54,6 +54,12 @@ static void propose_msg(ballast_server *b, rpc_call *call, batch_op_type type,
     }
 }
 
+void lease_service_propose(ballast_server *b, rpc_call *call, batch_op_type type,
+                           const ProtobufCMessage *msg)
+{
+    propose_msg(b, call, type, msg);
+}
+
 void lease_service_op_done(void *ctx, const mvcc_result *res, const uint8_t *resp_base, void *arg)
 {
     lease_op *op = ctx_op(ctx);
@@ -157,6 +163,11 @@ static void lease_grant(rpc_call *call, const uint8_t *data, size_t len, void *a
     Etcdserverpb__LeaseGrantRequest *r = ballast_unpack(call, &etcdserverpb__lease_grant_request__descriptor, data, len);
     if (!r)
         return;
+    if (ballast_quota_check(b, BALLAST_COST_LEASE) != 0) {
+        protobuf_c_message_free_unpacked(&r->base, NULL);
+        rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, BALLAST_ERR_NO_SPACE);
+        return;
+    }
     /* Chosen here, not at apply, so that every member applies the same. */
     if (r->id == 0)
         r->id = lease_id_next(b);
