@@ -102,7 +102,6 @@ static int hash_kept(mvcc_view *v, rocksdb_readoptions_t *ro, int64_t rev, int64
             /* this key's newest revision <= rev, if any */
             uint8_t r[REVKEY_LEN];
             revkey_make(r, ~rev, 0);
-            memset(r + 8, 0, 8);
             if (buf_put(&seek, r, REVKEY_LEN)) {
                 rc = -1;
                 break;
