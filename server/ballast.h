@@ -23,6 +23,7 @@
 
 struct compact_wait;
 struct cluster_state;
+struct maintenance;
 
 typedef struct ballast_server {
     const ballast_config *cfg;
@@ -46,6 +47,8 @@ typedef struct ballast_server {
      * calls parked until a leader is known, the member publisher. */
     peer_client *peers;
     struct cluster_state *cluster;
+    /* The Maintenance service's threads and the backend quota. */
+    struct maintenance *maint;
 } ballast_server;
 
 /* ---- proposals made by a service itself ----
@@ -129,6 +132,24 @@ void lease_service_free(ballast_server *b);
 int lease_service_reload(ballast_server *b);
 size_t lease_service_streams(ballast_server *b, rpc_stream_method *out);
 void lease_service_leader_change(void *arg, int leading);
+
+/* The Maintenance service: its state (before serving), the Snapshot stream,
+ * and, at shutdown, stopping its threads (after rpc_server_begin_shutdown,
+ * before the store closes) and freeing it. */
+int maintenance_service_init(ballast_server *b, char **errmsg);
+size_t maintenance_service_streams(ballast_server *b, rpc_stream_method *out);
+void maintenance_service_stop(ballast_server *b);
+void maintenance_service_free(ballast_server *b);
+
+/* etcd's backend quota, checked before a Put, a Txn or a LeaseGrant is
+ * proposed: 0 when a request costing `cost` bytes (etcd's estimate; 0 for
+ * requests that write nothing) fits; otherwise -1 — answer it with
+ * RESOURCE_EXHAUSTED and BALLAST_ERR_NO_SPACE — after proposing this
+ * member's NOSPACE alarm, as etcd does. */
+int ballast_quota_check(ballast_server *b, uint64_t cost);
+extern const char BALLAST_ERR_NO_SPACE[];
+#define BALLAST_COST_PUT_OVERHEAD 256   /* etcd's kvOverhead */
+#define BALLAST_COST_LEASE 64           /* etcd's leaseOverhead */
 
 /* Sets up the KV service's state (before serving) and answers what still
  * waits at shutdown (after the raft node has stopped). */

@@ -723,10 +723,90 @@ void cluster_free(ballast_server *b)
     b->cluster = NULL;
 }
 
+/* ---- catching up from another member's store ---- */
+
+typedef struct fetch_state {
+    mvcc_load *load;
+    char *error;
+    uint64_t bytes;
+} fetch_state;
+
+static int fetch_message(void *arg, const uint8_t *msg, size_t len)
+{
+    fetch_state *f = arg;
+    Etcdserverpb__SnapshotResponse *r = etcdserverpb__snapshot_response__unpack(NULL, len, msg);
+    if (!r) {
+        f->error = strdup("undecodable snapshot message");
+        return 1;
+    }
+    int rv = mvcc_load_feed(f->load, r->blob.data, r->blob.len, &f->error);
+    f->bytes += r->blob.len;
+    etcdserverpb__snapshot_response__free_unpacked(r, NULL);
+    return rv != 0;
+}
+
+/* Streams `target`'s Maintenance.Snapshot into the store. 0 on success. */
+static int fetch_from(ballast_server *b, const char *target)
+{
+    fetch_state f = {0};
+    f.load = mvcc_load_begin(b->store, &f.error);
+    if (!f.load) {
+        fprintf(stderr, "ballast error: cannot start loading a snapshot: %s\n", f.error ? f.error : "?");
+        free(f.error);
+        return -1;
+    }
+    char *message = NULL;
+    /* generous: a large store takes a while to stream */
+    grpc_status_code code = peer_client_read_stream(b->peers, target, "/etcdserverpb.Maintenance/Snapshot",
+                                                    NULL, 0, 3600u * 1000u, fetch_message, &f, &message);
+    int rv = -1;
+    if (code == GRPC_STATUS_OK && !f.error) {
+        rv = mvcc_load_end(f.load, &f.error);
+    } else {
+        mvcc_load_abort(f.load);
+    }
+    if (rv != 0)
+        fprintf(stderr, "ballast warn: fetching the store from %s failed: %s\n", target,
+                f.error ? f.error : message ? message : "stream failed");
+    else
+        fprintf(stderr, "ballast info: received %llu bytes of store from %s\n",
+                (unsigned long long)f.bytes, target);
+    free(message);
+    free(f.error);
+    return rv;
+}
+
 int cluster_fetch_store(void *arg, uint64_t leader_id, uint64_t index)
 {
-    (void)arg;
-    (void)leader_id;
-    (void)index;
+    ballast_server *b = arg;
+    struct cluster_state *c = b->cluster;
+    /* the leader first, then any other member that has published its URLs */
+    char targets[16][300];
+    size_t n = 0;
+    if (leader_id && cluster_leader_target(b, leader_id, targets[0], sizeof targets[0]) == 0)
+        n++;
+    pthread_mutex_lock(&c->mu);
+    members_refresh_locked(b);
+    for (size_t i = 0; i < c->n_members && n < 16; i++)
+        if (c->members[i]->id != b->member_id && c->members[i]->id != leader_id &&
+            c->members[i]->n_client_urls > 0 &&
+            url_target(c->members[i]->client_urls[0], targets[n], sizeof targets[n]) == 0)
+            n++;
+    pthread_mutex_unlock(&c->mu);
+    int64_t old_rev = mvcc_current_revision(b->store);
+    for (int attempt = 0; attempt < 3; attempt++) {
+        for (size_t i = 0; i < n; i++) {
+            if (fetch_from(b, targets[i]) != 0 || mvcc_applied_index(b->store) < index)
+                continue;
+            if (lease_service_reload(b) != 0)
+                return -1;
+            watch_hub_store_replaced(b->watch, old_rev + 1, mvcc_current_revision(b->store));
+            return 0;
+        }
+        struct timespec ts = {1, 0};
+        nanosleep(&ts, NULL);
+    }
+    if (n == 0)
+        fprintf(stderr, "ballast error: no member known to fetch the store from\n");
     return -1;
 }

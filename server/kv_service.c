@@ -265,13 +265,42 @@ void kv_service_answer_compacted(ballast_server *b, rpc_call *call, int64_t rev,
     pthread_mutex_unlock(&b->compact_mu);
 }
 
+/* etcd's quota cost of a write: a put's key and value plus its overhead;
+ * a txn's costlier branch, counting its top-level puts only. */
+static uint64_t put_cost(const Etcdserverpb__PutRequest *p)
+{
+    return BALLAST_COST_PUT_OVERHEAD + p->key.len + p->value.len;
+}
+
+static uint64_t txn_cost(const Etcdserverpb__TxnRequest *t)
+{
+    uint64_t ok = 0, fail = 0;
+    for (size_t i = 0; i < t->n_success; i++)
+        if (t->success[i]->request_case == ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_PUT)
+            ok += put_cost(t->success[i]->request_put);
+    for (size_t i = 0; i < t->n_failure; i++)
+        if (t->failure[i]->request_case == ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_PUT)
+            fail += put_cost(t->failure[i]->request_put);
+    return ok > fail ? ok : fail;
+}
+
+/* etcd checks the quota before anything else about the request. */
+static int over_quota(ballast_server *b, rpc_call *call, ProtobufCMessage *req, uint64_t cost)
+{
+    if (ballast_quota_check(b, cost) == 0)
+        return 0;
+    protobuf_c_message_free_unpacked(req, NULL);
+    rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, BALLAST_ERR_NO_SPACE);
+    return 1;
+}
+
 static void kv_put(rpc_call *call, const uint8_t *data, size_t len, void *arg)
 {
     ballast_server *b = arg;
     if (ballast_route(b, call, "/etcdserverpb.KV/Put", kv_put, data, len))
         return;
     Etcdserverpb__PutRequest *r = ballast_unpack(call, &etcdserverpb__put_request__descriptor, data, len);
-    if (!r)
+    if (!r || over_quota(b, call, &r->base, put_cost(r)))
         return;
     mvcc_result res;
     int bad = mvcc_validate_put(r, &b->limits, &res);
@@ -303,7 +332,7 @@ static void kv_txn(rpc_call *call, const uint8_t *data, size_t len, void *arg)
 {
     ballast_server *b = arg;
     Etcdserverpb__TxnRequest *r = ballast_unpack(call, &etcdserverpb__txn_request__descriptor, data, len);
-    if (!r)
+    if (!r || over_quota(b, call, &r->base, txn_cost(r)))
         return;
     mvcc_result res;
     if (mvcc_validate_txn(r, &b->limits, &res) != 0) {

@@ -120,6 +120,11 @@ static void lease_grant(rpc_call *call, const uint8_t *data, size_t len, void *a
     Etcdserverpb__LeaseGrantRequest *r = ballast_unpack(call, &etcdserverpb__lease_grant_request__descriptor, data, len);
     if (!r)
         return;
+    if (ballast_quota_check(b, BALLAST_COST_LEASE) != 0) {
+        protobuf_c_message_free_unpacked(&r->base, NULL);
+        rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, BALLAST_ERR_NO_SPACE);
+        return;
+    }
     /* Chosen here, not at apply, so that every member applies the same. */
     if (r->id == 0)
         r->id = lease_id_next(b);

@@ -13,6 +13,7 @@
 #include "config.h"
 #include "member.h"
 #include "metrics_http.h"
+#include "snapshot_restore.h"
 
 #define MAX_METHODS 64
 
@@ -52,6 +53,8 @@ static void host_port(const config_url *u, char *out, size_t cap)
 int main(int argc, char **argv, char **envp)
 {
     signal(SIGPIPE, SIG_IGN);
+    if (argc >= 2 && strcmp(argv[1], "snapshot") == 0)
+        return snapshot_command_main(argc, argv, envp);
     ballast_config cfg;
     config_status cs = config_parse(&cfg, argc, argv, envp, stdout, stderr);
     if (cs == CONFIG_EXIT_OK) {
@@ -83,6 +86,8 @@ int main(int argc, char **argv, char **envp)
         die("cannot open the key-value store", err);
 
     kv_service_init(&b);
+    if (maintenance_service_init(&b, &err) != 0)
+        die("cannot start the maintenance service", err);
     if (lease_service_init(&b, &err) != 0)
         die("cannot start the lessor", err);
     watch_hub_config wc = {
@@ -187,6 +192,7 @@ int main(int argc, char **argv, char **envp)
     rpc_stream_method streams[8];
     size_t n_streams = watch_service_streams(&b, streams);
     n_streams += lease_service_streams(&b, streams + n_streams);
+    n_streams += maintenance_service_streams(&b, streams + n_streams);
     rpc_server *rpc = rpc_server_create(&ro, methods, n_methods, streams, n_streams, &err);
     if (!rpc)
         die("cannot serve clients", err);
@@ -215,12 +221,14 @@ int main(int argc, char **argv, char **envp)
     raft_node_stop(b.node); /* answers every call still waiting for raft */
     lease_service_free(&b);
     kv_service_stop(&b);
+    maintenance_service_stop(&b); /* defragment and snapshot threads */
     cluster_free(&b);
     watch_hub_stop(b.watch); /* releases the streams still open */
     rpc_server_finish_shutdown(rpc);
     rpc_server_destroy(rpc);
     grpc_shutdown();
     mvcc_close(b.store);
+    maintenance_service_free(&b);
     free(listen);
     free(listen_addr);
     free(peers);

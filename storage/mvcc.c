@@ -19,7 +19,9 @@
  *              to each lease, so revoking needs no per-key memory.
  *   "meta"     applied_index, revision, compact_revision (8-byte BE each),
  *              written in the same write batch as the entry's data;
- *              physical_compaction (progress of the background removal).
+ *              physical_compaction (progress of the background removal);
+ *              alarm/<type><member> (active alarms); load_incomplete
+ *              (only while a snapshot load is unfinished).
  *
  * Nothing grows in memory with the number of keys or revisions.
  *
@@ -53,6 +55,8 @@ int view_begin(mvcc *m, mvcc_view *v)
     memset(v, 0, sizeof(*v));
     v->m = m;
     pthread_mutex_lock(&m->mu);
+    while (m->loading)
+        pthread_cond_wait(&m->load_cv, &m->mu);
     v->snap = rocksdb_create_snapshot(m->db);
     v->rev = m->rev;
     v->compact_rev = m->compact_rev;
@@ -88,6 +92,46 @@ static int meta_get(mvcc *m, const char *name, uint8_t *out, size_t want, bool *
         free(v);
     }
     return 0;
+}
+
+int meta_load(mvcc *m)
+{
+    uint8_t b[8 + REVKEY_LEN];
+    bool found;
+    m->applied_index = 0;
+    m->rev = 1; /* an empty etcd store is at revision 1 */
+    m->compact_rev = -1;
+    m->phys_done = -1;
+    revkey_make(m->phys_pos, 0, 0);
+    m->n_alarms = 0;
+    if (meta_get(m, META_INCOMPLETE, b, 1, &found))
+        return -1;
+    m->incomplete = found;
+    if (found)
+        return 0; /* nothing else in it is valid */
+    if (meta_get(m, META_APPLIED, b, 8, &found))
+        return -1;
+    if (found)
+        m->applied_index = be64_decode(b);
+    if (meta_get(m, META_REV, b, 8, &found))
+        return -1;
+    if (found)
+        m->rev = (int64_t)be64_decode(b);
+    if (meta_get(m, META_COMPACT, b, 8, &found))
+        return -1;
+    if (found)
+        m->compact_rev = (int64_t)be64_decode(b);
+    if (meta_get(m, META_PHYS, b, sizeof(b), &found))
+        return -1;
+    if (found) {
+        m->phys_done = (int64_t)be64_decode(b);
+        memcpy(m->phys_pos, b + 8, REVKEY_LEN);
+    }
+    /* the member list may have changed (a load): readers of it look again */
+    if (member_load_cluster_id(m))
+        return -1;
+    __atomic_add_fetch(&m->members_gen, 1, __ATOMIC_RELEASE);
+    return alarms_load(m);
 }
 
 static void tune_cf(mvcc *m, int i)
@@ -126,6 +170,7 @@ int mvcc_open(const char *dir, mvcc **out, char **errmsg)
     pthread_mutex_init(&m->mu, NULL);
     pthread_cond_init(&m->compact_cv, NULL);
     pthread_cond_init(&m->compact_done_cv, NULL);
+    pthread_cond_init(&m->load_cv, NULL);
     m->cache = rocksdb_cache_create_lru(64 << 20);
     m->db_opts = rocksdb_options_create();
     rocksdb_options_set_create_if_missing(m->db_opts, 1);
@@ -157,32 +202,8 @@ int mvcc_open(const char *dir, mvcc **out, char **errmsg)
         return -1;
     }
 
-    uint8_t b[8 + REVKEY_LEN];
-    bool found;
-    m->rev = 1; /* an empty etcd store is at revision 1 */
-    m->compact_rev = -1;
-    if (meta_get(m, META_APPLIED, b, 8, &found))
+    if (meta_load(m))
         goto bad_meta;
-    if (found)
-        m->applied_index = be64_decode(b);
-    if (meta_get(m, META_REV, b, 8, &found))
-        goto bad_meta;
-    if (found)
-        m->rev = (int64_t)be64_decode(b);
-    if (meta_get(m, META_COMPACT, b, 8, &found))
-        goto bad_meta;
-    if (found)
-        m->compact_rev = (int64_t)be64_decode(b);
-    if (member_load_cluster_id(m))
-        goto bad_meta;
-    m->phys_done = -1;
-    revkey_make(m->phys_pos, 0, 0);
-    if (meta_get(m, META_PHYS, b, sizeof(b), &found))
-        goto bad_meta;
-    if (found) {
-        m->phys_done = (int64_t)be64_decode(b);
-        memcpy(m->phys_pos, b + 8, REVKEY_LEN);
-    }
     if (compactor_start(m)) {
         if (errmsg)
             *errmsg = errdup("mvcc: cannot start the compaction thread", NULL);
@@ -233,6 +254,9 @@ void mvcc_close(mvcc *m)
     free(m->ev_arena.data);
     free(m->ev_recs);
     free(m->ev_out);
+    free(m->alarms);
+    free(m->alarms_work);
+    pthread_cond_destroy(&m->load_cv);
     pthread_cond_destroy(&m->compact_cv);
     pthread_cond_destroy(&m->compact_done_cv);
     pthread_mutex_destroy(&m->mu);
@@ -329,5 +353,66 @@ int mvcc_sync(mvcc *m)
         free(err);
         return -1;
     }
+    return 0;
+}
+
+int mvcc_defragment(mvcc *m)
+{
+    rocksdb_compactoptions_t *o = rocksdb_compactoptions_create();
+    /* rewrite the bottommost level too: that is where removed revisions
+     * and range deletions are finally dropped */
+    rocksdb_compactoptions_set_bottommost_level_compaction(o, 2 /* kForce */);
+    rocksdb_compactoptions_set_exclusive_manual_compaction(o, 0);
+    rocksdb_flushoptions_t *fo = rocksdb_flushoptions_create();
+    rocksdb_flushoptions_set_wait(fo, 1);
+    int rc = 0;
+    for (int i = 0; i < CF_COUNT && rc == 0; i++) {
+        char *err = NULL;
+        rocksdb_flush_cf(m->db, fo, m->cf[i], &err);
+        if (!err) {
+            rocksdb_compact_range_cf_opt(m->db, m->cf[i], o, NULL, 0, NULL, 0);
+        } else {
+            free(err);
+            rc = -1;
+        }
+        if (__atomic_load_n(&m->defrag_cancelled, __ATOMIC_ACQUIRE))
+            rc = -1;
+    }
+    rocksdb_compactoptions_destroy(o);
+    rocksdb_flushoptions_destroy(fo);
+    return rc;
+}
+
+void mvcc_defragment_cancel(mvcc *m)
+{
+    __atomic_store_n(&m->defrag_cancelled, true, __ATOMIC_RELEASE);
+    rocksdb_disable_manual_compaction(m->db);
+}
+
+int mvcc_incomplete(mvcc *m)
+{
+    pthread_mutex_lock(&m->mu);
+    int v = m->incomplete;
+    pthread_mutex_unlock(&m->mu);
+    return v;
+}
+
+int mvcc_reset_applied_index(mvcc *m)
+{
+    uint8_t b[8];
+    be64_encode(b, 0);
+    rocksdb_writeoptions_t *wo = rocksdb_writeoptions_create();
+    rocksdb_writeoptions_set_sync(wo, 1);
+    char *err = NULL;
+    rocksdb_put_cf(m->db, wo, m->cf[CF_META], META_APPLIED, strlen(META_APPLIED), (const char *)b, 8,
+                   &err);
+    rocksdb_writeoptions_destroy(wo);
+    if (err) {
+        free(err);
+        return -1;
+    }
+    pthread_mutex_lock(&m->mu);
+    m->applied_index = 0;
+    pthread_mutex_unlock(&m->mu);
     return 0;
 }

@@ -38,6 +38,7 @@ enum {
     MVCC_STATUS_INTERNAL = 13,
     MVCC_STATUS_UNAVAILABLE = 14,
     MVCC_STATUS_RESOURCE_EXHAUSTED = 8,
+    MVCC_STATUS_DATA_LOSS = 15,
 };
 
 typedef struct mvcc mvcc;
@@ -242,5 +243,109 @@ int mvcc_history_events(mvcc_history *h, int64_t from, int64_t to, size_t max_ev
  * store error. */
 int mvcc_history_prev(mvcc_history *h, const uint8_t *key, size_t key_len, int64_t rev,
                       mvcc_buf *out);
+
+/* ---- Alarms ----
+ *
+ * etcd's alarms (NOSPACE, CORRUPT), replicated: an AlarmRequest op
+ * (ACTIVATE / DEACTIVATE; GET answers the list) applied like any write and
+ * kept in "meta". While NOSPACE is active, applying a Put, a Txn with a Put
+ * in either top-level branch, or a LeaseGrant fails with "etcdserver: mvcc:
+ * database space exceeded" (RESOURCE_EXHAUSTED), as etcd's capped applier;
+ * while CORRUPT is active, every write op fails with "etcdserver: corrupt
+ * cluster" (DATA_LOSS). */
+enum { MVCC_ALARM_NONE = 0, MVCC_ALARM_NOSPACE = 1, MVCC_ALARM_CORRUPT = 2 };
+
+typedef struct mvcc_alarm {
+    uint64_t member_id;
+    int alarm;
+} mvcc_alarm;
+
+/* The active alarms of `type` (MVCC_ALARM_NONE: all), ordered by type then
+ * member, in a malloc'd array *out (NULL when there are none; free it).
+ * Returns 0, or -1 when out of memory. */
+int mvcc_alarm_list(mvcc *m, int type, mvcc_alarm **out, size_t *n);
+/* True when an alarm of `type` is active (any member). */
+int mvcc_alarm_active(mvcc *m, int type);
+
+/* ---- Hashes (Maintenance.HashKV, Maintenance.Hash) ---- */
+
+enum { MVCC_HASH_OK = 0, MVCC_HASH_COMPACTED = 1, MVCC_HASH_FUTURE = 2, MVCC_HASH_ERROR = -1 };
+
+/* etcd 3.4's HashKV: a CRC-32C over every key revision with main revision
+ * in (compact revision, rev], plus, below that, the revisions a compaction
+ * at `rev` would keep (each key's live version at rev, last written at or
+ * before the compact revision). rev 0 means the current revision; a
+ * negative rev hashes nothing. The value differs from etcd's but is the
+ * same on any two stores that applied the same entries, whatever their
+ * physical compaction progress. *compact_rev and *hash_rev (the current
+ * revision) are filled on success. Returns MVCC_HASH_COMPACTED when
+ * 0 < rev <= the compact revision (*compact_rev set), MVCC_HASH_FUTURE
+ * when rev > the current revision (*hash_rev set), MVCC_HASH_ERROR on a
+ * store error. */
+int mvcc_hash_kv(mvcc *m, int64_t rev, uint32_t *hash, int64_t *compact_rev, int64_t *hash_rev);
+/* A CRC-32C over the whole replicated state (HashKV at the current
+ * revision, leases and their keys, revision, compact revision, alarms),
+ * nothing member-local (applied index, physical compaction progress).
+ * *rev is the current revision. Returns 0 or -1. */
+int mvcc_hash(mvcc *m, uint32_t *hash, int64_t *rev);
+
+/* Compacts every column family fully (RocksDB manual compaction), which
+ * reclaims the space of removed revisions (Maintenance.Defragment).
+ * Blocking: call it from a thread of its own; apply and reads go on.
+ * Returns 0, or -1 when it failed or was cancelled. */
+int mvcc_defragment(mvcc *m);
+/* Makes running and later mvcc_defragment calls return early (shutdown). */
+void mvcc_defragment_cancel(mvcc *m);
+
+/* ---- Whole-store dump and load ---- */
+
+/* A consistent dump of the whole store (every column family: data, leases,
+ * meta incl. applied index) as a byte stream in Ballast's own framed,
+ * checksummed format (mvcc_snapshot.c). Memory does not grow with the
+ * store: the stream is produced piece by piece from a RocksDB snapshot. */
+typedef struct mvcc_dump mvcc_dump;
+/* NULL when out of memory / store error (or the store is incomplete). */
+mvcc_dump *mvcc_dump_open(mvcc *m);
+uint64_t mvcc_dump_applied_index(const mvcc_dump *d);
+int64_t mvcc_dump_revision(const mvcc_dump *d);
+/* Appends the next piece of the stream (about max_bytes) to out: returns 1
+ * when it appended something, 0 when the stream is complete (nothing
+ * appended), -1 on a store error. */
+int mvcc_dump_next(mvcc_dump *d, mvcc_buf *out, size_t max_bytes);
+void mvcc_dump_close(mvcc_dump *d);
+
+/* Replaces the live store's contents with a dump fed in pieces split
+ * anywhere. Runs on the apply thread while apply is paused. Readers that
+ * began before keep their consistent view; reads that begin during the
+ * load wait for its end. A crash in the middle leaves a store that opens
+ * with applied index 0 and knows it is incomplete (mvcc_open succeeds,
+ * mvcc_incomplete says so; the caller then reloads) — never a mix of old
+ * and new data presented as valid. On success every in-memory number
+ * (applied index, revision, compact revision, physical compaction
+ * progress, alarms) is reloaded; the lease hook is NOT called per lease —
+ * the caller reloads the lessor with mvcc_lease_list; the event hook is
+ * not called either.
+ *
+ * The stream may end with what Maintenance.Snapshot appends for etcdctl
+ * (zero padding to a multiple of 512 bytes, then the SHA-256 of everything
+ * before it): the digest is checked. Errors set *errmsg (malloc'd; the
+ * caller frees) when errmsg is not NULL. */
+typedef struct mvcc_load mvcc_load;
+mvcc_load *mvcc_load_begin(mvcc *m, char **errmsg);
+int mvcc_load_feed(mvcc_load *l, const uint8_t *p, size_t n, char **errmsg);
+/* Verifies completeness + checksum; frees l. 0 on success; on failure the
+ * store is left marked incomplete. */
+int mvcc_load_end(mvcc_load *l, char **errmsg);
+/* Frees l; the store is left marked incomplete. */
+void mvcc_load_abort(mvcc_load *l);
+
+/* True when the store holds an interrupted load (see mvcc_load_begin):
+ * its applied index is 0 and its contents must be replaced by a load. */
+int mvcc_incomplete(mvcc *m);
+
+/* Sets the applied index to 0 (durably), keeping the data: for a store
+ * restored from a snapshot into a new cluster, whose raft log starts
+ * again at index 1. Only while apply is not running. Returns 0 or -1. */
+int mvcc_reset_applied_index(mvcc *m);
 
 #endif

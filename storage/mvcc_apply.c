@@ -597,6 +597,76 @@ static int do_lease_revoke(apply_ctx *c, const Etcdserverpb__LeaseRevokeRequest 
     return STEP_OK;
 }
 
+/* ---- Alarms ---- */
+
+static int do_alarm(apply_ctx *c, const Etcdserverpb__AlarmRequest *req, mvcc_buf *out,
+                    mvcc_result *res)
+{
+    mvcc *m = c->m;
+    int type = (int)req->alarm;
+    uint64_t member = req->memberid;
+    bool changed = false;
+    switch (req->action) {
+    case ETCDSERVERPB__ALARM_REQUEST__ALARM_ACTION__GET:
+        /* the list as of this entry (the working copy if it changed) */
+        if (alarms_encode(m->alarms_dirty ? m->alarms_work : m->alarms,
+                          m->alarms_dirty ? m->n_alarms_work : m->n_alarms, type, 2, out))
+            return STEP_STORE_ERR;
+        return STEP_OK;
+    case ETCDSERVERPB__ALARM_REQUEST__ALARM_ACTION__ACTIVATE:
+    case ETCDSERVERPB__ALARM_REQUEST__ALARM_ACTION__DEACTIVATE: {
+        bool on = req->action == ETCDSERVERPB__ALARM_REQUEST__ALARM_ACTION__ACTIVATE;
+        if (alarm_work_set(m, member, type, on, &changed))
+            return STEP_STORE_ERR;
+        /* etcd answers the alarm activated (or found already active), and
+         * the alarm deactivated (nothing when it was not active) */
+        mvcc_alarm a = {member, type};
+        if ((on || changed) && alarms_encode(&a, 1, MVCC_ALARM_NONE, 2, out))
+            return STEP_STORE_ERR;
+        return STEP_OK;
+    }
+    default:
+        (void)res;
+        return STEP_OK; /* etcd answers an empty AlarmResponse */
+    }
+}
+
+/* etcd's capped and corrupt appliers: which ops an active alarm refuses. */
+static bool txn_has_put(const Etcdserverpb__TxnRequest *t)
+{
+    for (size_t i = 0; i < t->n_success; i++)
+        if (t->success[i]->request_case == ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_PUT)
+            return true;
+    for (size_t i = 0; i < t->n_failure; i++)
+        if (t->failure[i]->request_case == ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_PUT)
+            return true;
+    return false;
+}
+
+static int alarm_refuses(mvcc *m, const Ballastpb__Op *op, mvcc_result *res)
+{
+    if ((m->alarms_dirty ? m->n_alarms_work : m->n_alarms) == 0)
+        return STEP_OK;
+    if (alarm_work_active(m, MVCC_ALARM_CORRUPT)) {
+        switch (op->op_case) {
+        case BALLASTPB__OP__OP_PUT:
+        case BALLASTPB__OP__OP_DELETE_RANGE:
+        case BALLASTPB__OP__OP_TXN:
+        case BALLASTPB__OP__OP_COMPACTION:
+        case BALLASTPB__OP__OP_LEASE_GRANT:
+        case BALLASTPB__OP__OP_LEASE_REVOKE:
+            return client_err(res, MVCC_STATUS_DATA_LOSS, ERR_CORRUPT);
+        default:
+            return STEP_OK;
+        }
+    }
+    if (alarm_work_active(m, MVCC_ALARM_NOSPACE) &&
+        (op->op_case == BALLASTPB__OP__OP_PUT || op->op_case == BALLASTPB__OP__OP_LEASE_GRANT ||
+         (op->op_case == BALLASTPB__OP__OP_TXN && txn_has_put(op->txn))))
+        return client_err(res, MVCC_STATUS_RESOURCE_EXHAUSTED, ERR_NO_SPACE);
+    return STEP_OK;
+}
+
 static void lease_changes_deliver(mvcc *m)
 {
     for (size_t i = 0; i < m->lease_n; i++)
@@ -623,12 +693,19 @@ static int write_meta(mvcc *m, uint64_t index, int64_t rev, int64_t compact_rev)
 int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h, Ballastpb__Op *const *ops,
                size_t n_ops, mvcc_buf *out, mvcc_result *results)
 {
+    if (m->incomplete) {
+        /* an interrupted load: applying on top would mix old and new data */
+        for (size_t j = 0; j < n_ops; j++)
+            result_error(&results[j], MVCC_STATUS_INTERNAL, ERR_INCOMPLETE);
+        return -1;
+    }
     if (index <= m->applied_index) {
         for (size_t i = 0; i < n_ops; i++)
             results[i] = (mvcc_result){MVCC_STATUS_OK, NULL, 0, 0};
         return 0;
     }
     rocksdb_writebatch_wi_clear(m->wb);
+    m->alarms_dirty = false;
     m->lease_n = 0;
     m->members_touched = false;
     m->ev_n = 0;
@@ -648,8 +725,17 @@ int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h, Ballastpb__Op *con
         size_t start = out->len;
         c.begin_rev = c.v.rev;
         c.changes = 0;
-        int rc;
-        switch (op->op_case) {
+        int rc = alarm_refuses(m, op, res);
+        if (rc != STEP_OK)
+            op = NULL;
+        switch (op ? op->op_case : BALLASTPB__OP__OP__NOT_SET) {
+        case BALLASTPB__OP__OP__NOT_SET:
+            if (op)
+                rc = client_err(res, MVCC_STATUS_INVALID_ARGUMENT, "etcdserver: unknown operation");
+            break;
+        case BALLASTPB__OP__OP_ALARM:
+            rc = do_alarm(&c, op->alarm, out, res);
+            break;
         case BALLASTPB__OP__OP_PUT:
             rc = do_put(&c, op->put, true, out, res);
             break;
@@ -678,6 +764,7 @@ int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h, Ballastpb__Op *con
         if (rc == STEP_STORE_ERR) {
             out->len = entry_start;
             rocksdb_writebatch_wi_clear(m->wb);
+            m->alarms_dirty = false;
             for (size_t j = 0; j < n_ops; j++)
                 result_error(&results[j], MVCC_STATUS_INTERNAL, "etcdserver: storage failure");
             return -1;
@@ -709,8 +796,10 @@ int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h, Ballastpb__Op *con
                 __atomic_store_n(&m->cluster_id, m->pending_cluster_id, __ATOMIC_RELEASE);
             __atomic_add_fetch(&m->members_gen, 1, __ATOMIC_RELEASE);
         }
+        alarms_commit(m);
     }
     m->pending_cluster_id = 0;
+    m->alarms_dirty = false;
     pthread_mutex_unlock(&m->mu);
     rocksdb_writebatch_wi_clear(m->wb);
     if (err) {

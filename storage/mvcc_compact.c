@@ -140,15 +140,19 @@ static void *compactor_main(void *arg)
     mvcc *m = arg;
     pthread_mutex_lock(&m->mu);
     while (!m->stopping) {
-        if (m->compact_rev <= m->phys_done) {
+        /* never during a snapshot load: the data is half there */
+        if (m->loading || m->compact_rev <= m->phys_done) {
             pthread_cond_wait(&m->compact_cv, &m->mu);
             continue;
         }
         int64_t target = m->compact_rev;
+        m->compactor_busy = true;
         pthread_mutex_unlock(&m->mu);
         bool finished = false;
         int rc = compact_chunk(m, target, &finished);
         pthread_mutex_lock(&m->mu);
+        m->compactor_busy = false;
+        pthread_cond_broadcast(&m->compact_done_cv);
         if (rc != 0) {
             /* A store error: try again later rather than spin. */
             struct timespec ts;

@@ -24,6 +24,9 @@
 #define ERR_COMPACTED "etcdserver: mvcc: required revision has been compacted"
 #define ERR_FUTURE_REV "etcdserver: mvcc: required revision is a future revision"
 #define ERR_LEASE_NOT_FOUND "etcdserver: requested lease not found"
+#define ERR_NO_SPACE "etcdserver: mvcc: database space exceeded"
+#define ERR_CORRUPT "etcdserver: corrupt cluster"
+#define ERR_INCOMPLETE "etcdserver: store is incomplete (an interrupted snapshot load)"
 
 /* Flag byte in front of every "rev" value and as the whole "index" value. */
 #define REC_PUT 0
@@ -152,6 +155,24 @@ struct mvcc {
     uint64_t members_gen;
     uint64_t pending_cluster_id; /* apply thread: set by this entry */
     bool members_touched;        /* apply thread: this entry changed members */
+    bool compactor_busy;            /* a chunk runs outside mu */
+    bool defrag_cancelled;
+
+    /* Snapshot load (mvcc_snapshot.c). While `loading`, new views wait on
+     * load_cv and the compactor pauses; `incomplete` marks a store whose
+     * load was interrupted (its contents are not valid). Under mu. */
+    bool loading;
+    bool incomplete;
+    pthread_cond_t load_cv;
+
+    /* Active alarms, ordered by (type, member): the committed list under
+     * mu, and the apply thread's working copy for the entry being applied
+     * (valid while alarms_dirty). */
+    mvcc_alarm *alarms;
+    size_t n_alarms, alarms_cap;
+    mvcc_alarm *alarms_work;
+    size_t n_alarms_work, alarms_work_cap;
+    bool alarms_dirty;
 };
 
 /* One collected event; offsets into mvcc.ev_arena. */
@@ -206,6 +227,11 @@ void view_end(mvcc_view *v);
 #define META_REV "revision"
 #define META_COMPACT "compact_revision"
 #define META_PHYS "physical_compaction"
+/* Present while a snapshot load is unfinished (mvcc_snapshot.c). */
+#define META_INCOMPLETE "load_incomplete"
+/* "alarm/" + BE32 alarm type + BE64 member ID -> empty. */
+#define META_ALARM_PREFIX "alarm/"
+#define META_ALARM_KEY_LEN (6 + 4 + 8)
 void be64_encode(uint8_t *out, uint64_t v);
 uint64_t be64_decode(const uint8_t *p);
 
@@ -216,6 +242,30 @@ uint64_t be64_decode(const uint8_t *p);
 int member_apply(mvcc *m, mvcc_view *v, const Ballastpb__MemberOp *op, mvcc_result *res);
 /* Reads the recorded cluster id into m->cluster_id (at open). */
 int member_load_cluster_id(mvcc *m);
+/* Reads the numbers kept in "meta" (applied index, revisions, physical
+ * compaction progress, alarms, the incomplete marker) into *m; at open
+ * and after a load. Called with no reader or apply running. */
+int meta_load(mvcc *m);
+
+/* ---- mvcc_alarm.c ---- */
+
+/* Loads the alarm list from "meta" into m->alarms. */
+int alarms_load(mvcc *m);
+/* During apply: whether an alarm of `type` is active (the entry's own
+ * changes included). */
+bool alarm_work_active(mvcc *m, int type);
+/* During apply: activates (on) or deactivates an alarm, writing "meta" in
+ * m->wb; *changed says whether the list changed. Returns 0 or -1. */
+int alarm_work_set(mvcc *m, uint64_t member, int type, bool on, bool *changed);
+/* After the entry's batch is committed (called under mu). */
+void alarms_commit(mvcc *m);
+/* Appends AlarmMember fields (`field` of the enclosing message) for the
+ * alarms of `type` (0: all) to out. */
+int alarms_encode(const mvcc_alarm *a, size_t n, int type, uint32_t field, mvcc_buf *out);
+
+/* ---- mvcc_hash.c ---- */
+
+uint32_t crc32c_update(uint32_t crc, const void *p, size_t n);
 
 /* ---- mvcc_compact.c ---- */
 

@@ -112,7 +112,7 @@ int member_load_cluster_id(mvcc *m)
         free(err);
         return -1;
     }
-    m->cluster_id = v && n == 8 ? be64_decode((const uint8_t *)v) : 0;
+    __atomic_store_n(&m->cluster_id, v && n == 8 ? be64_decode((const uint8_t *)v) : 0, __ATOMIC_RELEASE);
     free(v);
     return 0;
 }
