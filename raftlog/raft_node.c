@@ -27,6 +27,8 @@ static const char ERR_CANCELLED[] = "etcdserver: request cancelled";
 static const char ERR_TIMEOUT[] = "etcdserver: request timed out";
 /* How long a membership change that failed waits before it is tried again. */
 #define CHANGE_RETRY_MS 1000
+/* How long reads wait before asking the leader again after a failed ask. */
+#define REMOTE_RETRY_MS 50
 
 /* A proposed entry waiting for its apply callback. */
 typedef struct proposal {
@@ -116,8 +118,16 @@ struct raft_node {
     int barrier_in_flight;
     uint64_t barrier_term;
     uint64_t ready_term;    /* a barrier of this term has been applied */
+    /* c-raft tells followers the commit index only with the next append or
+     * heartbeat: when the pipeline goes idle after applying proposals, a
+     * barrier carries it at once (a follower that forwarded a write waits
+     * for its own apply of it). */
+    struct raft_barrier commit_barrier;
+    int commit_barrier_in_flight;
+    int commit_unpropagated;
     ctx_list read_remote;   /* waiting for the leader's read index */
     int remote_in_flight;
+    uint64_t remote_retry_at;
     ctx_list read_applied;  /* waiting until `until` (an index) is applied */
     uint64_t no_leader_since; /* ms; 0 while a leader is known */
     const char *drain_message; /* why queued proposals are being failed */
@@ -341,14 +351,18 @@ static void apply_cb(struct raft_apply *req, int status, void *result)
     proposal *p = req->data;
     raft_node *n = p->node;
     n->in_flight--;
+    n->commit_unpropagated = 1;
     if (status == 0 && result) {
         apply_results *r = result;
         for (size_t i = 0; i < p->n_ops; i++)
             n->cfg.op_done(p->ctxs[i], &r->results[i], n->out.data, n->cfg.cb_arg);
     } else {
+        /* When leadership is lost the entry may still be committed by
+         * the next leader: its outcome is unknown, which etcd reports as a
+         * timeout. */
         const char *msg = status == RAFT_SHUTDOWN ? ERR_STOPPED
                           : status == RAFT_NOSPACE ? ERR_CANCELLED
-                                                   : ERR_LEADER_CHANGED;
+                                                   : ERR_TIMEOUT;
         for (size_t i = 0; i < p->n_ops; i++)
             fail_op(n, p->ctxs[i], msg);
     }
@@ -428,14 +442,19 @@ static void barrier_cb(struct raft_barrier *req, int status)
         for (size_t i = 0; i < n->read_barrier.len; i++)
             n->cfg.read_done(n->read_barrier.items[i].ctx, 0, NULL, n->cfg.cb_arg);
         n->read_barrier.len = 0;
+    } else if (status == RAFT_SHUTDOWN) {
+        fail_reads(n, &n->read_barrier, ERR_STOPPED);
     } else {
-        fail_reads(n, &n->read_barrier, status == RAFT_SHUTDOWN ? ERR_STOPPED : ERR_LEADER_CHANGED);
+        /* Leadership was lost: the reads wait for the next leader, as
+         * etcd's do, until their request timeout. */
+        ctx_list_append(&n->read_pending, &n->read_barrier);
     }
 }
 
 static void pump_remote_reads(raft_node *n)
 {
-    if (n->read_pending.len == 0 || n->remote_in_flight || !n->cfg.remote_read)
+    if (n->read_pending.len == 0 || n->remote_in_flight || !n->cfg.remote_read ||
+        now_ms() < n->remote_retry_at)
         return;
     raft_id leader = 0;
     const char *addr = NULL;
@@ -462,7 +481,7 @@ static void pump_reads(raft_node *n)
     n->barrier_term = n->raft.current_term;
     int rv = raft_barrier(&n->raft, &n->barrier, barrier_cb);
     if (rv != 0) {
-        fail_reads(n, &n->read_barrier, rv == RAFT_NOTLEADER ? ERR_NO_LEADER : ERR_LEADER_CHANGED);
+        ctx_list_append(&n->read_pending, &n->read_barrier);
         return;
     }
     n->barrier_in_flight = 1;
@@ -565,13 +584,26 @@ static void reconcile_members(raft_node *n)
         const Ballastpb__Member *m = list[i];
         const struct raft_server *srv = config_find(c, m->id);
         int role = m->is_learner ? RAFT_STANDBY : RAFT_VOTER;
+        char addr[300];
         if (!srv) {
-            char addr[300];
             if (m->n_peer_urls == 0 || peer_address(m->peer_urls[0], addr, sizeof addr) != 0)
                 continue;
             logf_("info", "adding member %llx (%s) to the raft configuration", (unsigned long long)m->id, addr);
             rv = raft_add(&n->raft, &n->change, m->id, addr, change_cb);
             acted = 1;
+        } else if (m->n_peer_urls > 0 && peer_address(m->peer_urls[0], addr, sizeof addr) == 0 &&
+                   strcmp(addr, srv->address) != 0) {
+            /* MemberUpdate moved its peer URL: c-raft has no way to change
+             * an address, so the server leaves the configuration and comes
+             * back with the new one (and its role) on the next passes. */
+            acted = 1;
+            if (m->id == n->cfg.id) {
+                logf_("info", "this member's peer address changes: handing leadership over");
+                start_transfer(n, 0, NULL);
+            } else {
+                logf_("info", "member %llx moves to %s", (unsigned long long)m->id, addr);
+                rv = raft_remove(&n->raft, &n->change, m->id, change_cb);
+            }
         } else if (srv->role != role) {
             logf_("info", "member %llx becomes a %s", (unsigned long long)m->id,
                   role == RAFT_VOTER ? "voter" : "learner");
@@ -622,7 +654,10 @@ static void run_commands(raft_node *n, node_cmd *cmd)
                         abort(); /* cannot lose a waiting read */
                 n->read_remote.len = 0;
             } else {
-                fail_reads(n, &n->read_remote, cmd->message ? cmd->message : ERR_NO_LEADER);
+                /* reads are safe to ask again: they wait for an answer
+                 * until their request timeout */
+                ctx_list_append(&n->read_pending, &n->read_remote);
+                n->remote_retry_at = now_ms() + REMOTE_RETRY_MS;
             }
             break;
         case CMD_WAIT_APPLIED:
@@ -668,8 +703,6 @@ static void push_command(raft_node *n, node_cmd *cmd)
     uv_async_send(&n->wake);
 }
 
-/* ---- loop callbacks ---- */
-
 static int sole_voter(raft_node *n)
 {
     struct raft_configuration *c = &n->raft.configuration;
@@ -683,6 +716,26 @@ static int sole_voter(raft_node *n)
     }
     return voters == 1 && me;
 }
+
+static void commit_barrier_cb(struct raft_barrier *req, int status)
+{
+    (void)status;
+    raft_node *n = req->data;
+    n->commit_barrier_in_flight = 0;
+}
+
+static void propagate_commit(raft_node *n)
+{
+    if (!n->commit_unpropagated || n->in_flight || n->commit_barrier_in_flight || n->barrier_in_flight ||
+        n->raft.state != RAFT_LEADER || sole_voter(n))
+        return;
+    n->commit_unpropagated = 0;
+    n->commit_barrier.data = n;
+    if (raft_barrier(&n->raft, &n->commit_barrier, commit_barrier_cb) == 0)
+        n->commit_barrier_in_flight = 1;
+}
+
+/* ---- loop callbacks ---- */
 
 /* Runs on every pass of the loop; tells leader_change only of changes. A
  * new term while still leading is a stop and a start. */
@@ -790,6 +843,7 @@ static void on_check(uv_check_t *h)
     release_applied(n);
     pump_batches(n);
     pump_reads(n);
+    propagate_commit(n);
     publish_status(n);
 }
 

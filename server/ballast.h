@@ -75,6 +75,11 @@ void ballast_op_done(void *ctx, const mvcc_result *res, const uint8_t *resp_base
  * known (`handler` then runs again), failing after etcd's request timeout. */
 int ballast_route(ballast_server *b, rpc_call *call, const char *method, rpc_unary_handler handler,
                   const uint8_t *data, size_t len);
+/* The front end's admission check (rpc_options.admit, arg: the
+ * ballast_server), as etcd's interceptor: a learner serves only Status and
+ * serializable Ranges; a request with metadata hasleader=true fails at once
+ * with "etcdserver: no leader" while no leader is known. */
+int cluster_admit(rpc_call *call, const char *method, const uint8_t *req, size_t len, void *arg);
 /* "host:port" of the leader's first client URL: 0, or -1 when unknown. */
 int cluster_leader_target(ballast_server *b, uint64_t leader_id, char *out, size_t cap);
 /* etcd's request timeout for this member (5 s + 2 election timeouts). */

@@ -382,6 +382,29 @@ int ballast_route(ballast_server *b, rpc_call *call, const char *method, rpc_una
     return 1;
 }
 
+int cluster_admit(rpc_call *call, const char *method, const uint8_t *req, size_t len, void *arg)
+{
+    ballast_server *b = arg;
+    raft_node_status st;
+    raft_node_get_status(b->node, &st);
+    if (st.is_learner && strcmp(method, "/etcdserverpb.Maintenance/Status") != 0) {
+        uint64_t serializable = 0;
+        const uint8_t *sub;
+        size_t sub_len;
+        int range = strcmp(method, "/etcdserverpb.KV/Range") == 0;
+        if (!range || !pb_find(req, len, 7, &serializable, &sub, &sub_len) || !serializable) {
+            rpc_fail(call, GRPC_STATUS_UNAVAILABLE, "etcdserver: rpc not supported for learner");
+            return 1;
+        }
+    }
+    /* clientv3.WithRequireLeader: fail at once while no leader is known */
+    if (st.leader_id == 0 && rpc_call_has_metadata(call, "hasleader", "true")) {
+        rpc_fail(call, GRPC_STATUS_UNAVAILABLE, "etcdserver: no leader");
+        return 1;
+    }
+    return 0;
+}
+
 /* ---- linearizable reads on a follower ---- */
 
 static void read_index_done(void *arg, grpc_status_code code, const char *message, const uint8_t *resp,

@@ -117,7 +117,13 @@ int main(int argc, char **argv, char **envp)
     if (cfg.initial_advertise_peer_urls.n == 0 || cfg.listen_peer_urls.n == 0)
         die("bad configuration", strdup("no peer URL to listen on or advertise"));
     host_port(&cfg.initial_advertise_peer_urls.items[0], self_addr, sizeof self_addr);
-    host_port(&cfg.listen_peer_urls.items[0], bind_addr, sizeof bind_addr);
+    /* c-raft listens on one address: the listen URL with the advertised
+     * peer port (etcd lists URLs sorted, so the first may be another). */
+    const config_url *bind = &cfg.listen_peer_urls.items[0];
+    for (size_t i = 0; i < cfg.listen_peer_urls.n; i++)
+        if (cfg.listen_peer_urls.items[i].port == cfg.initial_advertise_peer_urls.items[0].port)
+            bind = &cfg.listen_peer_urls.items[i];
+    host_port(bind, bind_addr, sizeof bind_addr);
     for (size_t i = 0; i < cfg.n_initial_cluster; i++)
         if (peers[i].id == b.member_id)
             snprintf(self_addr, sizeof self_addr, "%s", peer_addr[i]);
@@ -188,6 +194,8 @@ int main(int argc, char **argv, char **envp)
         /* etcd lets gRPC receive up to --max-request-bytes plus 512 KiB and
          * answers "request is too large" itself in between. */
         .max_receive_bytes = cfg.max_request_bytes + 512 * 1024,
+        .admit = cluster_admit,
+        .admit_arg = &b,
     };
     rpc_stream_method streams[8];
     size_t n_streams = watch_service_streams(&b, streams);

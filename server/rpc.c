@@ -47,6 +47,8 @@ struct rpc_server {
     size_t n_streams;
     int shutting_down;
     grpc_completion_queue *shutdown_cq;
+    int (*admit)(rpc_call *call, const char *method, const uint8_t *req, size_t len, void *arg);
+    void *admit_arg;
 };
 
 struct rpc_call {
@@ -156,6 +158,15 @@ void rpc_fail(rpc_call *c, grpc_status_code code, const char *message)
     send_reply(c, code, message);
 }
 
+int rpc_call_has_metadata(rpc_call *c, const char *key, const char *value)
+{
+    for (size_t i = 0; i < c->md.count; i++)
+        if (grpc_slice_str_cmp(c->md.metadata[i].key, key) == 0 &&
+            grpc_slice_str_cmp(c->md.metadata[i].value, value) == 0)
+            return 1;
+    return 0;
+}
+
 uint64_t rpc_call_age_ms(rpc_call *c)
 {
     gpr_timespec d = gpr_time_sub(gpr_now(GPR_CLOCK_MONOTONIC), c->arrived);
@@ -196,6 +207,10 @@ static void on_requested(tag *t, int ok)
     grpc_byte_buffer_reader_destroy(&reader);
     grpc_byte_buffer_destroy(c->payload);
     c->payload = NULL;
+    if (c->server->admit &&
+        c->server->admit(c, c->method->m.path, GRPC_SLICE_START_PTR(c->req), GRPC_SLICE_LENGTH(c->req),
+                         c->server->admit_arg) != 0)
+        return;
     c->method->m.handler(c, GRPC_SLICE_START_PTR(c->req), GRPC_SLICE_LENGTH(c->req), c->method->m.arg);
 }
 
@@ -590,6 +605,8 @@ rpc_server *rpc_server_create(const rpc_options *opt, const rpc_method *methods,
                               const rpc_stream_method *streams, size_t n_streams, char **errmsg)
 {
     rpc_server *s = calloc(1, sizeof *s);
+    s->admit = opt->admit;
+    s->admit_arg = opt->admit_arg;
     s->n_queues = opt->threads ? opt->threads : (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
     if (s->n_queues == 0)
         s->n_queues = 1;

@@ -73,6 +73,11 @@ typedef struct rpc_options {
     size_t n_listen;
     unsigned threads;            /* completion-queue threads (0: one per core) */
     size_t max_receive_bytes;    /* gRPC's receive limit */
+    /* Called before every unary handler with the method's path and the
+     * request: returns 0 to let the call through, or non-zero after
+     * answering it itself (may be NULL). */
+    int (*admit)(rpc_call *call, const char *method, const uint8_t *req, size_t len, void *arg);
+    void *admit_arg;
 } rpc_options;
 
 /* Creates the server and binds every address. Returns NULL and sets *errmsg
@@ -97,6 +102,8 @@ void rpc_fail(rpc_call *call, grpc_status_code code, const char *message);
 /* Per-call scratch for the handler: a pointer it may set and read back in
  * later callbacks (e.g. a decoded request). The handler frees what it puts. */
 void rpc_call_set_data(rpc_call *call, void *data);
+/* True when the request carries metadata `key` (lower case) = `value`. */
+int rpc_call_has_metadata(rpc_call *call, const char *key, const char *value);
 /* Milliseconds since the call arrived. */
 uint64_t rpc_call_age_ms(rpc_call *call);
 void *rpc_call_data(rpc_call *call);
