@@ -579,14 +579,15 @@ def prefix_end(prefix):
     return bytes(end)
 
 
-def range_all(kv, prefix, page=1000, timeout=30):
+def range_all(kv, prefix, page=1000, timeout=30, serializable=False):
     """Every KeyValue under `prefix`, read in pages of `page` keys at one
     revision; returns (list of KeyValue, header revision)."""
     end = prefix_end(prefix)
     key, revision, result = prefix, 0, []
     for _ in range(1000000):
         resp = kv.Range(rpc_pb2.RangeRequest(key=key, range_end=end, limit=page,
-                                             revision=revision), timeout=timeout)
+                                             revision=revision, serializable=serializable),
+                        timeout=timeout)
         revision = revision or resp.header.revision
         result.extend(resp.kvs)
         if not resp.more or not resp.kvs:
@@ -984,3 +985,89 @@ class Cluster:
         self.members.remove(member)
         self.removed.append(member)
         return res
+
+
+class ClusterWriter(threading.Thread):
+    """A client that Puts unique keys PREFIX<n> = TOKEN-<n>, one at a time,
+    through the members of a cluster like a client given several endpoints:
+    it starts at members[first] and moves on to the next member after an
+    error.  It records every acknowledged Put as (key, value, revision) and
+    every failed one (maybe applied, maybe not) in `uncertain`.  It stops when
+    `stop` is set, after `max_seconds` or after `max_puts`."""
+
+    def __init__(self, members, prefix, stop, first=0, max_seconds=60.0, max_puts=200000,
+                 put_timeout=5.0):
+        super().__init__(daemon=True)
+        self.members = list(members)
+        self.prefix = prefix
+        self.stop = stop
+        self.index = first % len(self.members)
+        self.max_seconds = max_seconds
+        self.max_puts = max_puts
+        self.put_timeout = put_timeout
+        self.token = os.urandom(4).hex().encode()
+        self.acked = []              # (key, value, revision)
+        self.ack_times = []          # time.monotonic() of each ack
+        self.uncertain = []          # (key, value) of failed Puts
+        self.errors = []             # (time.monotonic(), member name, code, details)
+
+    def run(self):
+        channels = [m.new_channel() for m in self.members]
+        stubs = [rpc_pb2_grpc.KVStub(c) for c in channels]
+        deadline = time.monotonic() + self.max_seconds
+        try:
+            for n in range(self.max_puts):
+                if self.stop.is_set() or time.monotonic() > deadline:
+                    return
+                key = b"%s%07d" % (self.prefix, n)
+                value = b"%s-%d" % (self.token, n)
+                try:
+                    resp = stubs[self.index].Put(rpc_pb2.PutRequest(key=key, value=value),
+                                                 timeout=self.put_timeout)
+                except grpc.RpcError as exc:
+                    self.uncertain.append((key, value))
+                    self.errors.append((time.monotonic(), self.members[self.index].name,
+                                        exc.code(), exc.details()))
+                    self.index = (self.index + 1) % len(self.members)
+                    self.stop.wait(0.05)
+                    continue
+                self.acked.append((key, value, resp.header.revision))
+                self.ack_times.append(time.monotonic())
+        finally:
+            for channel in channels:
+                channel.close()
+
+
+def check_acked_on_members(members, prefix, acked, uncertain=()):
+    """Every acknowledged Put (key, value, revision) is on each of `members`
+    (serializable reads: call Cluster.wait_applied_equal first) with its value
+    and mod_revision = the acknowledged revision; acknowledged revisions are
+    distinct; an uncertain Put is there with its value or not at all."""
+    revisions = [rev for _, _, rev in acked]
+    check(len(set(revisions)) == len(revisions), "%d acknowledged Puts share a revision"
+          % (len(revisions) - len(set(revisions))))
+    for member in members:
+        stored, _ = range_all(member.kv(), prefix, serializable=True)
+        by_key = {kv.key: kv for kv in stored}
+        missing, wrong = [], []
+        for key, value, rev in acked:
+            kv = by_key.get(key)
+            if kv is None:
+                missing.append(key)
+            elif kv.value != value or kv.mod_revision != rev:
+                wrong.append("%s: acknowledged %r at revision %d, found %r at mod_revision %d"
+                             % (key.decode(), value, rev, kv.value, kv.mod_revision))
+        for key, value in uncertain:
+            kv = by_key.get(key)
+            if kv is not None and kv.value != value:
+                wrong.append("%s: a failed Put of %r, found %r" % (key.decode(), value, kv.value))
+        check(not missing, "%s: %d of %d acknowledged Puts missing, e.g. %s"
+              % (member, len(missing), len(acked), [k.decode() for k in missing[:5]]))
+        check(not wrong, "%s: %d Puts differ, e.g.\n  %s" % (member, len(wrong),
+                                                             "\n  ".join(wrong[:5])))
+        acked_keys = {key for key, _, _ in acked}
+        uncertain_keys = {key for key, _ in uncertain}
+        extra = [k for k in by_key if k not in acked_keys and k not in uncertain_keys]
+        check(not extra, "%s: %d keys that no one wrote, e.g. %s" % (member, len(extra),
+                                                                     extra[:5]))
+    return len(acked)
