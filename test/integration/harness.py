@@ -929,7 +929,10 @@ class Cluster:
     def wait_applied_equal(self, members=None, timeout=30.0):
         """Waits until every live member (or `members`) reports the same
         raftAppliedIndex in Status, at least the leader's raftIndex seen
-        before; returns that index.  Call it when no one is writing."""
+        before; returns that index.  Call it when no one is writing.  (etcd
+        3.4 does not advance raftAppliedIndex when it applies a snapshot from
+        the leader, only with the next entry it applies: after a catch-up by
+        snapshot, write something first.)"""
         members = members if members is not None else self.live()
         deadline = time.monotonic() + timeout
         target = self.leader(timeout).status().raftIndex
