@@ -394,9 +394,12 @@ class Server:
         return [self.binary, "--name", self.name, "--data-dir", self.data_dir,
                 "--listen-client-urls", self.client_url,
                 "--advertise-client-urls", self.client_url,
-                "--listen-peer-urls", self.peer_url,
+                "--listen-peer-urls", self.listen_peer_urls(),
                 "--initial-advertise-peer-urls", self.peer_url,
                 "--listen-metrics-urls", self.metrics_url] + self.cluster_args() + self.extra_args
+
+    def listen_peer_urls(self):
+        return self.peer_url
 
     def cluster_args(self):
         """The flags that say which cluster this server is in: alone here (a
@@ -723,14 +726,31 @@ class Member(Server):
     SIGSTOPped (harness clean-up always continues it before stopping it)."""
 
     def __init__(self, cluster, name, initial_cluster_state="new", extra_args=(),
-                 learner=False):
+                 learner=False, spare_peer_port=False):
         super().__init__(kind=cluster.kind, extra_args=extra_args, name=name)
+        # a second peer port it also listens on, to move to (`member update`)
+        self.spare_peer_port = free_port() if spare_peer_port else None
         self.cluster = cluster
         self.initial_cluster_state = initial_cluster_state
         self.initial_cluster = None      # "name=peer-url,...", set by the Cluster
         self.member_id = None            # from a response header, once known
         self.learner = learner
         self.paused = False              # SIGSTOPped
+
+    @property
+    def spare_peer_url(self):
+        return "http://127.0.0.1:%d" % self.spare_peer_port
+
+    def listen_peer_urls(self):
+        if self.spare_peer_port is None:
+            return self.peer_url
+        return "%s,%s" % (self.peer_url, self.spare_peer_url)
+
+    def move_to_spare_peer_port(self):
+        """From the next start on, listen (and advertise) only the spare
+        peer port: after `member update` gave it as the peer URL."""
+        check(self.spare_peer_port is not None, "%s has no spare peer port" % self)
+        self.peer_port, self.spare_peer_port = self.spare_peer_port, None
 
     def cluster_args(self):
         return ["--initial-cluster", self.initial_cluster,
@@ -796,14 +816,17 @@ class Cluster:
 
     Members are started and stopped from the thread that created the Cluster
     (see Server).  `extra_args` go to every member (e.g. ["--snapshot-count",
-    "1000"])."""
+    "1000"]).  With `spare_peer_ports` every member also listens on a second
+    peer port (Member.spare_peer_url), one `member update` can move it to."""
 
-    def __init__(self, size=3, kind=None, extra_args=(), name_prefix="m"):
+    def __init__(self, size=3, kind=None, extra_args=(), name_prefix="m",
+                 spare_peer_ports=False):
         self.kind = kind or candidate_kind()
         self.token = "ballast-it-%s" % os.urandom(4).hex()
         self.extra_args = list(extra_args)
         self.name_prefix = name_prefix
-        self.members = [Member(self, "%s%d" % (name_prefix, i + 1), "new", extra_args)
+        self.members = [Member(self, "%s%d" % (name_prefix, i + 1), "new", extra_args,
+                               spare_peer_port=spare_peer_ports)
                         for i in range(size)]
         self.removed = []                # members taken out by remove_member()
         initial = self.initial_cluster_of(self.members)
@@ -956,13 +979,23 @@ class Cluster:
         """`etcdctl member add NAME --peer-urls=... [--learner]` through the
         live members, then (if `start`) starts the new member with
         --initial-cluster-state existing and the --initial-cluster that
-        etcdctl printed, and waits until it answers.  Returns the Member."""
+        etcdctl printed, and waits until it answers.  Returns the Member.
+        While etcd answers "unhealthy cluster" (a voter connected for less
+        than 5 s: nothing was proposed) the add is retried."""
         member = Member(self, name, "existing",
                         self.extra_args if extra_args is None else extra_args, learner)
         args = ["member", "add", name, "--peer-urls=%s" % member.peer_url]
         if learner:
             args.append("--learner")
-        res = self.etcdctl(*args, members=self.live())
+        # etcd (--strict-reconfig-check) refuses a new member until every
+        # voter has been connected for 5 s, before it proposes anything
+        deadline = time.monotonic() + timeout
+        while True:
+            res = self.etcdctl(*args, members=self.live())
+            if res.returncode == 0 or "etcdserver: unhealthy cluster" not in res.stderr or \
+                    time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         check(res.returncode == 0, "etcdctl %s failed (%d): %s%s"
               % (" ".join(args), res.returncode, res.stdout, res.stderr))
         for line in res.stdout.splitlines():
