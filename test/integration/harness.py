@@ -125,6 +125,8 @@ def stop_process(proc, timeout=STOP_TIMEOUT, sig=signal.SIGTERM):
     if proc.poll() is None:
         try:
             os.kill(proc.pid, sig)
+            # a SIGSTOPped process (see Member.sigstop) only acts on `sig` once continued
+            os.kill(proc.pid, signal.SIGCONT)
         except ProcessLookupError:
             pass
         try:
@@ -392,10 +394,17 @@ class Server:
         return [self.binary, "--name", self.name, "--data-dir", self.data_dir,
                 "--listen-client-urls", self.client_url,
                 "--advertise-client-urls", self.client_url,
-                "--listen-peer-urls", self.peer_url,
+                "--listen-peer-urls", self.listen_peer_urls(),
                 "--initial-advertise-peer-urls", self.peer_url,
-                "--initial-cluster", "%s=%s" % (self.name, self.peer_url),
-                "--listen-metrics-urls", self.metrics_url] + self.extra_args
+                "--listen-metrics-urls", self.metrics_url] + self.cluster_args() + self.extra_args
+
+    def listen_peer_urls(self):
+        return self.peer_url
+
+    def cluster_args(self):
+        """The flags that say which cluster this server is in: alone here (a
+        Member of a Cluster lists every member)."""
+        return ["--initial-cluster", "%s=%s" % (self.name, self.peer_url)]
 
     # life cycle
     def start(self, wait=True):
@@ -409,8 +418,9 @@ class Server:
             self.wait_ready()
         return self
 
-    def wait_ready(self, timeout=READY_TIMEOUT):
-        """Waits until a gRPC Range of key "health" succeeds."""
+    def wait_ready(self, timeout=READY_TIMEOUT, serializable=False):
+        """Waits until a gRPC Range of key "health" succeeds (a linearizable
+        one unless `serializable`)."""
         deadline = time.monotonic() + timeout
         last = "no attempt"
         while time.monotonic() < deadline:
@@ -422,7 +432,8 @@ class Server:
                 time.sleep(0.05)
                 continue
             try:
-                self.kv().Range(rpc_pb2.RangeRequest(key=b"health"), timeout=1.0)
+                self.kv().Range(rpc_pb2.RangeRequest(key=b"health", serializable=serializable),
+                                timeout=1.0)
                 if self.proc.poll() is None:
                     return
             except grpc.RpcError as exc:
@@ -571,14 +582,15 @@ def prefix_end(prefix):
     return bytes(end)
 
 
-def range_all(kv, prefix, page=1000, timeout=30):
+def range_all(kv, prefix, page=1000, timeout=30, serializable=False):
     """Every KeyValue under `prefix`, read in pages of `page` keys at one
     revision; returns (list of KeyValue, header revision)."""
     end = prefix_end(prefix)
     key, revision, result = prefix, 0, []
     for _ in range(1000000):
         resp = kv.Range(rpc_pb2.RangeRequest(key=key, range_end=end, limit=page,
-                                             revision=revision), timeout=timeout)
+                                             revision=revision, serializable=serializable),
+                        timeout=timeout)
         revision = revision or resp.header.revision
         result.extend(resp.kvs)
         if not resp.more or not resp.kvs:
@@ -653,3 +665,445 @@ def artifacts_dir(name):
     except OSError:
         path = tempfile.mkdtemp(prefix="ballast-%s-" % name)
     return path
+
+
+# --------------------------------------------------------------------------
+# Clusters of several members
+# --------------------------------------------------------------------------
+
+# etcd's flags for a quick test cluster: 100 ms heartbeats, elections after 1 s
+# (also etcd's defaults, given explicitly so that both kinds agree)
+CLUSTER_TIMING_ARGS = ["--heartbeat-interval", "100", "--election-timeout", "1000"]
+CLUSTER_READY_TIMEOUT = 30.0
+
+# fields of etcd 3.4 messages that python3-etcd3's (etcd 3.3) stubs do not know
+STATUS_RAFT_APPLIED_INDEX = 7      # StatusResponse.raftAppliedIndex
+STATUS_IS_LEARNER = 10             # StatusResponse.isLearner
+
+
+def proto_varint_fields(message):
+    """The top-level varint fields of a protobuf message, known to the stubs
+    or not, as {field number: value} (the last occurrence wins)."""
+    data = message.SerializeToString()
+    fields, pos = {}, 0
+
+    def varint():
+        nonlocal pos
+        value, shift = 0, 0
+        while True:
+            byte = data[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return value
+
+    while pos < len(data):
+        tag = varint()
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            fields[number] = varint()
+        elif wire == 1:
+            pos += 8
+        elif wire == 2:
+            length = varint()
+            pos += length
+        elif wire == 5:
+            pos += 4
+        else:
+            raise TestFailure("cannot parse wire type %d in %s" % (wire, type(message).__name__))
+    return fields
+
+
+def applied_index(status):
+    """StatusResponse.raftAppliedIndex (0 when the server does not send it)."""
+    return proto_varint_fields(status).get(STATUS_RAFT_APPLIED_INDEX, 0)
+
+
+class Member(Server):
+    """One member of a Cluster: a Server whose --initial-cluster lists every
+    member, with the cluster's token and timing flags.  It can also be
+    SIGSTOPped (harness clean-up always continues it before stopping it)."""
+
+    def __init__(self, cluster, name, initial_cluster_state="new", extra_args=(),
+                 learner=False, spare_peer_port=False):
+        super().__init__(kind=cluster.kind, extra_args=extra_args, name=name)
+        # a second peer port it also listens on, to move to (`member update`)
+        self.spare_peer_port = free_port() if spare_peer_port else None
+        self.cluster = cluster
+        self.initial_cluster_state = initial_cluster_state
+        self.initial_cluster = None      # "name=peer-url,...", set by the Cluster
+        self.member_id = None            # from a response header, once known
+        self.learner = learner
+        self.paused = False              # SIGSTOPped
+
+    @property
+    def spare_peer_url(self):
+        return "http://127.0.0.1:%d" % self.spare_peer_port
+
+    def listen_peer_urls(self):
+        if self.spare_peer_port is None:
+            return self.peer_url
+        return "%s,%s" % (self.peer_url, self.spare_peer_url)
+
+    def move_to_spare_peer_port(self):
+        """From the next start on, listen (and advertise) only the spare
+        peer port: after `member update` gave it as the peer URL."""
+        check(self.spare_peer_port is not None, "%s has no spare peer port" % self)
+        self.peer_port, self.spare_peer_port = self.spare_peer_port, None
+
+    def cluster_args(self):
+        return ["--initial-cluster", self.initial_cluster,
+                "--initial-cluster-state", self.initial_cluster_state,
+                "--initial-cluster-token", self.cluster.token] + CLUSTER_TIMING_ARGS
+
+    def start(self, wait=True):
+        self.paused = False
+        return super().start(wait)
+
+    def wait_ready(self, timeout=CLUSTER_READY_TIMEOUT, serializable=None):
+        """A learner answers only serializable reads (etcd 3.4)."""
+        super().wait_ready(timeout, self.learner if serializable is None else serializable)
+
+    def stop(self, timeout=STOP_TIMEOUT):
+        self.paused = False              # stop_process continues it
+        return super().stop(timeout)
+
+    def kill9(self):
+        self.paused = False              # SIGKILL ends a stopped process too
+        super().kill9()
+
+    def sigstop(self):
+        check(self.running() and not self.paused, "%s is not running, cannot SIGSTOP it" % self)
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        self.paused = True
+
+    def sigcont(self):
+        if self.running():
+            os.kill(self.proc.pid, signal.SIGCONT)
+        self.paused = False
+
+    def live(self):
+        """Running and not SIGSTOPped."""
+        return self.running() and not self.paused
+
+    def status(self, timeout=5.0):
+        """Maintenance.Status; remembers the member ID of its header."""
+        resp = self.maintenance().Status(rpc_pb2.StatusRequest(), timeout=timeout)
+        self.member_id = resp.header.member_id
+        return resp
+
+    def get(self, key, serializable=False, timeout=10.0):
+        """The KeyValue of `key` (None if absent) and the header revision."""
+        resp = self.kv().Range(rpc_pb2.RangeRequest(key=key, serializable=serializable),
+                               timeout=timeout)
+        return (resp.kvs[0] if resp.kvs else None), resp.header.revision
+
+    def __str__(self):
+        return "%s %s (%s, pid %s%s)" % (self.kind, self.name, self.endpoint,
+                                        self.proc and self.proc.pid,
+                                        ", stopped" if self.paused else "")
+
+
+class Cluster:
+    """`size` members of the candidate kind (or `kind`) on free loopback ports,
+    each with its own data dir and client, peer and metrics ports, all in one
+    --initial-cluster with --initial-cluster-state new.
+
+        with harness.Cluster(3) as cluster:      # started, a leader elected
+            leader = cluster.leader()
+            cluster.etcdctl("put", "a", "1")      # --endpoints = every live member
+
+    Members are started and stopped from the thread that created the Cluster
+    (see Server).  `extra_args` go to every member (e.g. ["--snapshot-count",
+    "1000"]).  With `spare_peer_ports` every member also listens on a second
+    peer port (Member.spare_peer_url), one `member update` can move it to."""
+
+    def __init__(self, size=3, kind=None, extra_args=(), name_prefix="m",
+                 spare_peer_ports=False):
+        self.kind = kind or candidate_kind()
+        self.token = "ballast-it-%s" % os.urandom(4).hex()
+        self.extra_args = list(extra_args)
+        self.name_prefix = name_prefix
+        self.members = [Member(self, "%s%d" % (name_prefix, i + 1), "new", extra_args,
+                               spare_peer_port=spare_peer_ports)
+                        for i in range(size)]
+        self.removed = []                # members taken out by remove_member()
+        initial = self.initial_cluster_of(self.members)
+        for member in self.members:
+            member.initial_cluster = initial
+
+    @staticmethod
+    def initial_cluster_of(members):
+        return ",".join("%s=%s" % (m.name, m.peer_url) for m in members)
+
+    # life cycle
+    def start(self, timeout=CLUSTER_READY_TIMEOUT):
+        """Starts every member at once (each waits for the others), then
+        waits until a leader is known and every member answers."""
+        for member in self.members:
+            member.start(wait=False)
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout=CLUSTER_READY_TIMEOUT):
+        """Waits until every live member answers a Range (linearizable unless
+        it is a learner) and they agree on a leader; returns the leader."""
+        deadline = time.monotonic() + timeout
+        for member in self.live():
+            member.wait_ready(max(1.0, deadline - time.monotonic()))
+        return self.leader(max(1.0, deadline - time.monotonic()))
+
+    def stop(self):
+        errors = []
+        for member in self.members + self.removed:
+            try:
+                member.stop()
+            except TestFailure as exc:
+                errors.append(str(exc))
+        check(not errors, "\n".join(errors))
+
+    def __enter__(self):
+        if not any(m.proc for m in self.members):
+            self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # who is who
+    def live(self):
+        return [m for m in self.members if m.live()]
+
+    def member_by_id(self, member_id):
+        for member in self.members + self.removed:
+            if member.member_id == member_id:
+                return member
+        return None
+
+    def statuses(self, members=None, timeout=2.0):
+        """{member: StatusResponse or the grpc.RpcError it gave}."""
+        result = {}
+        for member in members if members is not None else self.live():
+            try:
+                result[member] = member.status(timeout)
+            except grpc.RpcError as exc:
+                result[member] = exc
+        return result
+
+    def leader(self, timeout=10.0, members=None):
+        """The member whose header member_id is the `leader` of Status, once
+        every live member (or every one of `members`) answers Status and
+        names that same, live, leader."""
+        deadline = time.monotonic() + timeout
+        last = "no attempt"
+        while True:
+            asked = members if members is not None else self.live()
+            statuses = self.statuses(asked)
+            errors = ["%s: %s %s" % (m.name, s.code(), s.details())
+                      for m, s in statuses.items() if isinstance(s, grpc.RpcError)]
+            leaders = {s.leader for s in statuses.values() if not isinstance(s, grpc.RpcError)}
+            if errors:
+                last = "; ".join(errors)
+            elif len(leaders) != 1 or 0 in leaders:
+                last = "leaders named: %s" % sorted(leaders)
+            else:
+                leader = self.member_by_id(leaders.pop())
+                if leader is not None and leader in asked:
+                    return leader
+                last = "the leader named is not among %s" % [m.name for m in asked]
+            if time.monotonic() > deadline:
+                raise TestFailure("no leader agreed on within %.0fs (last: %s)" % (timeout, last))
+            time.sleep(0.05)
+
+    def followers(self):
+        leader = self.leader()
+        return [m for m in self.live() if m is not leader]
+
+    @property
+    def endpoints(self):
+        """Every member's client address, comma-joined (for etcdctl)."""
+        return self.endpoints_of(self.members)
+
+    @staticmethod
+    def endpoints_of(members):
+        return ",".join(m.endpoint for m in members)
+
+    def etcdctl(self, *args, members=None, stdin=None, timeout=30):
+        """etcdctl with --endpoints = `members` (default: every member)."""
+        return etcdctl(self.endpoints_of(members if members is not None else self.members),
+                       *args, stdin=stdin, timeout=timeout)
+
+    # comparing members
+    def hashkv(self, member, revision, timeout=30.0):
+        """Maintenance.HashKV of `member` at `revision`: (hash, compact_revision)."""
+        resp = member.maintenance().HashKV(rpc_pb2.HashKVRequest(revision=revision),
+                                           timeout=timeout)
+        return resp.hash, resp.compact_revision
+
+    def check_hashkv_equal(self, revision, members=None):
+        """HashKV at `revision` is the same on every live member (or `members`)."""
+        members = members if members is not None else self.live()
+        hashes = {m.name: self.hashkv(m, revision) for m in members}
+        check(len(set(hashes.values())) == 1,
+              "HashKV at revision %d differs between members: %s" % (revision, hashes))
+        return hashes
+
+    def wait_applied_equal(self, members=None, timeout=30.0):
+        """Waits until every live member (or `members`) reports the same
+        raftAppliedIndex in Status, at least the leader's raftIndex seen
+        before; returns that index.  Call it when no one is writing.  (etcd
+        3.4 does not advance raftAppliedIndex when it applies a snapshot from
+        the leader, only with the next entry it applies: after a catch-up by
+        snapshot, write something first.)"""
+        members = members if members is not None else self.live()
+        deadline = time.monotonic() + timeout
+        target = self.leader(timeout).status().raftIndex
+        last = "no attempt"
+        while True:
+            statuses = self.statuses(members)
+            applied = {m.name: (applied_index(s) if not isinstance(s, grpc.RpcError)
+                                else "%s" % s.code()) for m, s in statuses.items()}
+            values = set(applied.values())
+            if len(values) == 1 and isinstance(min(values), int) and min(values) >= target:
+                return values.pop()
+            last = "applied indexes %s, leader's raftIndex %d" % (applied, target)
+            if time.monotonic() > deadline:
+                raise TestFailure("members did not reach the same applied index within "
+                                  "%.0fs (%s)" % (timeout, last))
+            time.sleep(0.1)
+
+    # membership
+    def add_member(self, name, learner=False, extra_args=None, start=True,
+                   timeout=CLUSTER_READY_TIMEOUT):
+        """`etcdctl member add NAME --peer-urls=... [--learner]` through the
+        live members, then (if `start`) starts the new member with
+        --initial-cluster-state existing and the --initial-cluster that
+        etcdctl printed, and waits until it answers.  Returns the Member.
+        While etcd answers "unhealthy cluster" (a voter connected for less
+        than 5 s: nothing was proposed) the add is retried."""
+        member = Member(self, name, "existing",
+                        self.extra_args if extra_args is None else extra_args, learner)
+        args = ["member", "add", name, "--peer-urls=%s" % member.peer_url]
+        if learner:
+            args.append("--learner")
+        # etcd (--strict-reconfig-check) refuses a new member until every
+        # voter has been connected for 5 s, before it proposes anything
+        deadline = time.monotonic() + timeout
+        while True:
+            res = self.etcdctl(*args, members=self.live())
+            if res.returncode == 0 or "etcdserver: unhealthy cluster" not in res.stderr or \
+                    time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        check(res.returncode == 0, "etcdctl %s failed (%d): %s%s"
+              % (" ".join(args), res.returncode, res.stdout, res.stderr))
+        for line in res.stdout.splitlines():
+            if line.startswith("ETCD_INITIAL_CLUSTER="):
+                member.initial_cluster = line.split("=", 1)[1].strip('"')
+            if line.startswith("Member ") and " added to cluster " in line:
+                member.member_id = int(line.split()[1], 16)
+        check(member.initial_cluster and member.member_id,
+              "etcdctl member add printed no member ID or ETCD_INITIAL_CLUSTER:\n%s" % res.stdout)
+        self.members.append(member)
+        if start:
+            member.start(wait=False)
+            member.wait_ready(timeout)
+        return member
+
+    def remove_member(self, member):
+        """`etcdctl member remove ID` through the other live members, then
+        stops the removed member (etcd exits by itself once removed)."""
+        others = [m for m in self.live() if m is not member]
+        res = self.etcdctl("member", "remove", "%x" % member.member_id, members=others)
+        check(res.returncode == 0, "etcdctl member remove %x failed (%d): %s%s"
+              % (member.member_id, res.returncode, res.stdout, res.stderr))
+        self.members.remove(member)
+        self.removed.append(member)
+        return res
+
+
+class ClusterWriter(threading.Thread):
+    """A client that Puts unique keys PREFIX<n> = TOKEN-<n>, one at a time,
+    through the members of a cluster like a client given several endpoints:
+    it starts at members[first] and moves on to the next member after an
+    error.  It records every acknowledged Put as (key, value, revision) and
+    every failed one (maybe applied, maybe not) in `uncertain`.  It stops when
+    `stop` is set, after `max_seconds` or after `max_puts`."""
+
+    def __init__(self, members, prefix, stop, first=0, max_seconds=60.0, max_puts=200000,
+                 put_timeout=5.0):
+        super().__init__(daemon=True)
+        self.members = list(members)
+        self.prefix = prefix
+        self.stop = stop
+        self.index = first % len(self.members)
+        self.max_seconds = max_seconds
+        self.max_puts = max_puts
+        self.put_timeout = put_timeout
+        self.token = os.urandom(4).hex().encode()
+        self.acked = []              # (key, value, revision)
+        self.ack_times = []          # time.monotonic() of each ack
+        self.uncertain = []          # (key, value) of failed Puts
+        self.errors = []             # (time.monotonic(), member name, code, details)
+
+    def run(self):
+        channels = [m.new_channel() for m in self.members]
+        stubs = [rpc_pb2_grpc.KVStub(c) for c in channels]
+        deadline = time.monotonic() + self.max_seconds
+        try:
+            for n in range(self.max_puts):
+                if self.stop.is_set() or time.monotonic() > deadline:
+                    return
+                key = b"%s%07d" % (self.prefix, n)
+                value = b"%s-%d" % (self.token, n)
+                try:
+                    resp = stubs[self.index].Put(rpc_pb2.PutRequest(key=key, value=value),
+                                                 timeout=self.put_timeout)
+                except grpc.RpcError as exc:
+                    self.uncertain.append((key, value))
+                    self.errors.append((time.monotonic(), self.members[self.index].name,
+                                        exc.code(), exc.details()))
+                    self.index = (self.index + 1) % len(self.members)
+                    self.stop.wait(0.05)
+                    continue
+                self.acked.append((key, value, resp.header.revision))
+                self.ack_times.append(time.monotonic())
+        finally:
+            for channel in channels:
+                channel.close()
+
+
+def check_acked_on_members(members, prefix, acked, uncertain=()):
+    """Every acknowledged Put (key, value, revision) is on each of `members`
+    (serializable reads: call Cluster.wait_applied_equal first) with its value
+    and mod_revision = the acknowledged revision; acknowledged revisions are
+    distinct; an uncertain Put is there with its value or not at all."""
+    revisions = [rev for _, _, rev in acked]
+    check(len(set(revisions)) == len(revisions), "%d acknowledged Puts share a revision"
+          % (len(revisions) - len(set(revisions))))
+    for member in members:
+        stored, _ = range_all(member.kv(), prefix, serializable=True)
+        by_key = {kv.key: kv for kv in stored}
+        missing, wrong = [], []
+        for key, value, rev in acked:
+            kv = by_key.get(key)
+            if kv is None:
+                missing.append(key)
+            elif kv.value != value or kv.mod_revision != rev:
+                wrong.append("%s: acknowledged %r at revision %d, found %r at mod_revision %d"
+                             % (key.decode(), value, rev, kv.value, kv.mod_revision))
+        for key, value in uncertain:
+            kv = by_key.get(key)
+            if kv is not None and kv.value != value:
+                wrong.append("%s: a failed Put of %r, found %r" % (key.decode(), value, kv.value))
+        check(not missing, "%s: %d of %d acknowledged Puts missing, e.g. %s"
+              % (member, len(missing), len(acked), [k.decode() for k in missing[:5]]))
+        check(not wrong, "%s: %d Puts differ, e.g.\n  %s" % (member, len(wrong),
+                                                             "\n  ".join(wrong[:5])))
+        acked_keys = {key for key, _, _ in acked}
+        uncertain_keys = {key for key, _ in uncertain}
+        extra = [k for k in by_key if k not in acked_keys and k not in uncertain_keys]
+        check(not extra, "%s: %d keys that no one wrote, e.g. %s" % (member, len(extra),
+                                                                     extra[:5]))
+    return len(acked)

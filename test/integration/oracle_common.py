@@ -16,6 +16,9 @@ import time
 import harness
 
 
+FOLLOWER_WRAPPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "oracle_follower.py")
+
+
 def parse_seeds(text):
     """"1-20", "3", "1,5,7" -> a list of ints."""
     seeds = []
@@ -52,23 +55,37 @@ def env_first(names, default):
 
 
 def run_seed(seed, ops, mix, oracle, artifacts, deadline, seed_timeout, budget,
-             extra_args=()):
-    """One seed against a fresh candidate; returns None on success, else a
-    failure message."""
+             extra_args=(), cluster_size=1):
+    """One seed against a fresh candidate (a single server, or with
+    cluster_size > 1 a fresh cluster whose follower is the oracle's
+    candidate); returns None on success, else a failure message."""
     if time.monotonic() > deadline:
         return "seed %d: not run, the time budget of %ds was used up" % (seed, budget)
     repro = os.path.join(artifacts, "repro-seed%d.txt" % seed)
     if os.path.exists(repro):
         os.remove(repro)
-    server = harness.Server()
-    output_path = os.path.join(server.work_dir, "oracle.out")
+    if cluster_size > 1:
+        target = harness.Cluster(cluster_size)
+        work_dir = target.members[0].work_dir
+    else:
+        target = harness.Server()
+        work_dir = target.work_dir
+    output_path = os.path.join(work_dir, "oracle.out")
     started = time.monotonic()
     try:
-        server.start()
-        cmd = [harness.PYTHON, oracle, "run", "--candidate", server.endpoint,
+        target.start()
+        if cluster_size > 1:
+            server = target.followers()[0]
+            harness.log("seed %d: candidate is follower %s (leader %s)"
+                        % (seed, server, target.leader().name))
+        else:
+            server = target
+        # a follower lists leases in random order: see oracle_follower.py
+        wrapper = [FOLLOWER_WRAPPER] if cluster_size > 1 else []
+        cmd = [harness.PYTHON] + wrapper + [oracle, "run", "--candidate", server.endpoint,
                "--start-reference", "--seed", str(seed), "--ops", str(ops),
                "--mix", mix, "--repro", repro] + list(extra_args)
-        proc = harness.spawn(cmd, output_path, cwd=server.work_dir, death_signal="TERM")
+        proc = harness.spawn(cmd, output_path, cwd=work_dir, death_signal="TERM")
         try:
             timeout = max(1.0, min(seed_timeout, deadline - time.monotonic()))
             status = proc.wait(timeout)
@@ -78,25 +95,31 @@ def run_seed(seed, ops, mix, oracle, artifacts, deadline, seed_timeout, budget,
         with open(output_path, "rb") as f:
             output = f.read().decode("utf-8", "replace")
         last = output.strip().splitlines()[-1] if output.strip() else "(no output)"
-        alive = server.running()
+        members = target.members if cluster_size > 1 else [target]
+        dead = [m for m in members if not m.running()]
+        alive = not dead
         harness.log("seed %d: %s (%.1fs)" % (seed, last, time.monotonic() - started))
         if status == 0 and alive and last.endswith(" passed, 0 failed"):
             return None
         message = "seed %d: oracle exit status %s, candidate %s\n%s" % (
-            seed, status, "running" if alive else "exited (status %s)" % server.proc.returncode,
+            seed, status, "running" if alive else "exited: %s" % ", ".join(
+                "%s (status %s)" % (m, m.proc.returncode) for m in dead),
             "\n".join(output.splitlines()[-60:]))
         if os.path.exists(repro):
             message += "\nreproduction file: %s" % repro
-        if not alive:
-            message += "\nend of the candidate's log:\n%s" % server.log_tail()
+        for member in dead:
+            message += "\nend of the log of %s:\n%s" % (member, member.log_tail())
         return message
     finally:
-        server.stop()
+        target.stop()
 
 
-def run_seeds(name, mix, seeds, ops, parallel, seed_timeout, budget, extra_args=()):
-    """Runs every seed (`parallel` at a time, all within `budget` seconds) and
-    fails the test if any of them diverged or could not run."""
+def run_seeds(name, mix, seeds, ops, parallel, seed_timeout, budget, extra_args=(),
+              cluster_size=1):
+    """Runs every seed (`parallel` at a time, all within `budget` seconds),
+    each against a fresh single server or a fresh cluster of cluster_size
+    (see run_seed), and fails the test if any of them diverged or could not
+    run."""
     oracle = oracle_path()
     harness.check(seeds and ops > 0 and parallel > 0, "no seeds or ops to run")
     artifacts = harness.artifacts_dir(name)
@@ -106,7 +129,7 @@ def run_seeds(name, mix, seeds, ops, parallel, seed_timeout, budget, extra_args=
     try:
         results = list(pool.map(
             lambda s: run_seed(s, ops, mix, oracle, artifacts, deadline, seed_timeout, budget,
-                               extra_args), seeds))
+                               extra_args, cluster_size), seeds))
     finally:
         # on SIGTERM, don't wait here for the running seeds: harness clean-up
         # stops their processes, which ends them
@@ -118,17 +141,21 @@ def run_seeds(name, mix, seeds, ops, parallel, seed_timeout, budget, extra_args=
         len(failed), len(seeds), ", ".join(m.split(":")[0] for m in failed)))
 
 
-def run_mix(name, mix, env_key=None, seed_timeout=150, budget=700):
+def run_mix(name, mix, env_key=None, seed_timeout=150, budget=700, cluster_size=1,
+            default_seeds="1-20", default_parallel="2", shared_env=True):
     """Runs seeds of `mix` as test `name`, sized by BALLAST_ORACLE_<KEY>_SEEDS,
-    _OPS and _PARALLEL (KEY = env_key), each falling back to the shared
-    BALLAST_ORACLE_SEEDS / _OPS / _PARALLEL, then to 1-20 seeds x 2000 ops, two
-    at a time."""
+    _OPS and _PARALLEL (KEY = env_key), each falling back (if `shared_env`)
+    to the shared BALLAST_ORACLE_SEEDS / _OPS / _PARALLEL, then to
+    `default_seeds` seeds x 2000 ops, `default_parallel` at a time.  With
+    cluster_size > 1 each seed runs against a fresh cluster's follower."""
     def setting(suffix, default):
         names = ["BALLAST_ORACLE_%s_%s" % (env_key, suffix)] if env_key else []
-        return env_first(names + ["BALLAST_ORACLE_%s" % suffix], default)
+        if shared_env or not env_key:
+            names.append("BALLAST_ORACLE_%s" % suffix)
+        return env_first(names, default)
 
     run_seeds(name, mix,
-              seeds=parse_seeds(setting("SEEDS", "1-20")),
+              seeds=parse_seeds(setting("SEEDS", default_seeds)),
               ops=int(setting("OPS", "2000")),
-              parallel=int(setting("PARALLEL", "2")),
-              seed_timeout=seed_timeout, budget=budget)
+              parallel=int(setting("PARALLEL", default_parallel)),
+              seed_timeout=seed_timeout, budget=budget, cluster_size=cluster_size)
