@@ -18,7 +18,9 @@
 /* Entries between two snapshots at most, and entries kept after one. */
 #define SNAPSHOT_THRESHOLD_MAX 512
 #define SNAPSHOT_TRAILING 128
-#define SNAPSHOT_MAGIC 0x31504e5354534c42ull /* "BLSTSNP1" */
+#define SNAPSHOT_MAGIC 0x31504e5354534c42ull /* "BLSTSNP1": applied index */
+#define SNAPSHOT_MAGIC2 0x32504e5354534c42ull /* "BLSTSNP2": + members' client URLs */
+#define SNAPSHOT_MAX_URLS 64
 
 static const char ERR_NO_LEADER[] = "etcdserver: no leader";
 static const char ERR_LEADER_CHANGED[] = "etcdserver: leader changed";
@@ -291,6 +293,11 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
     return 0;
 }
 
+/* A raft snapshot is the store's applied index (the store itself is the
+ * state) and the client URL of each member, so that a member that joins
+ * with an empty store knows where to fetch the state from. Layout, all
+ * 8-byte words: magic, applied index, URL count, then per URL its length
+ * and its bytes padded to a multiple of 8. */
 static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsigned *n_bufs)
 {
     raft_node *n = fsm->data;
@@ -298,17 +305,40 @@ static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsign
      * the log before it may be dropped. */
     if (mvcc_sync(n->cfg.store) != 0)
         return RAFT_IOERR;
+    Ballastpb__Member **members = NULL;
+    size_t n_members = 0;
+    if (mvcc_members(n->cfg.store, &members, &n_members) != 0)
+        n_members = 0;
+    size_t len = 24, n_urls = 0;
+    for (size_t i = 0; i < n_members && n_urls < SNAPSHOT_MAX_URLS; i++)
+        if (members[i]->n_client_urls > 0) {
+            len += 8 + ((strlen(members[i]->client_urls[0]) + 7) & ~(size_t)7);
+            n_urls++;
+        }
     struct raft_buffer *b = raft_malloc(sizeof *b);
-    uint64_t *data = raft_malloc(16);
+    uint8_t *data = raft_malloc(len);
     if (!b || !data) {
         raft_free(b);
         raft_free(data);
+        mvcc_members_free(members, n_members);
         return RAFT_NOMEM;
     }
-    data[0] = SNAPSHOT_MAGIC;
-    data[1] = mvcc_applied_index(n->cfg.store);
+    memset(data, 0, len);
+    uint64_t head[3] = {SNAPSHOT_MAGIC2, mvcc_applied_index(n->cfg.store), n_urls};
+    memcpy(data, head, sizeof head);
+    size_t off = 24, done = 0;
+    for (size_t i = 0; i < n_members && done < n_urls; i++) {
+        if (members[i]->n_client_urls == 0)
+            continue;
+        uint64_t ulen = strlen(members[i]->client_urls[0]);
+        memcpy(data + off, &ulen, 8);
+        memcpy(data + off + 8, members[i]->client_urls[0], ulen);
+        off += 8 + ((ulen + 7) & ~(uint64_t)7);
+        done++;
+    }
+    mvcc_members_free(members, n_members);
     b->base = data;
-    b->len = 16;
+    b->len = len;
     *bufs = b;
     *n_bufs = 1;
     return 0;
@@ -317,12 +347,31 @@ static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsign
 static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 {
     raft_node *n = fsm->data;
-    if (buf->len != 16 || ((uint64_t *)buf->base)[0] != SNAPSHOT_MAGIC) {
+    const uint8_t *p = buf->base;
+    uint64_t head[3] = {0, 0, 0};
+    if (buf->len >= 16)
+        memcpy(head, p, buf->len >= 24 ? 24 : 16);
+    int v2 = head[0] == SNAPSHOT_MAGIC2 && buf->len >= 24 && head[2] <= SNAPSHOT_MAX_URLS;
+    if (!v2 && (buf->len != 16 || head[0] != SNAPSHOT_MAGIC)) {
         logf_("error", "raft snapshot is not a Ballast snapshot");
         return RAFT_MALFORMED;
     }
-    uint64_t index = ((uint64_t *)buf->base)[1];
+    uint64_t index = head[1];
+    char *urls[SNAPSHOT_MAX_URLS];
+    size_t n_urls = 0;
+    for (size_t off = 24; v2 && n_urls < head[2] && off + 8 <= buf->len;) {
+        uint64_t ulen;
+        memcpy(&ulen, p + off, 8);
+        if (ulen > buf->len - off - 8)
+            break;
+        urls[n_urls] = strndup((const char *)p + off + 8, ulen);
+        if (!urls[n_urls])
+            break;
+        n_urls++;
+        off += 8 + ((ulen + 7) & ~(uint64_t)7);
+    }
     uint64_t applied = mvcc_applied_index(n->cfg.store);
+    int rv = 0;
     if (applied < index) {
         /* The snapshot only says how far the sender's store had got: this
          * member is behind it, so it takes a copy of a store that is at
@@ -332,16 +381,21 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
         raft_leader(&n->raft, &leader, &addr);
         logf_("info", "store is at %llu, behind the raft snapshot at %llu: fetching the store of member %llx",
               (unsigned long long)applied, (unsigned long long)index, (unsigned long long)leader);
-        if (!n->cfg.fetch_store || n->cfg.fetch_store(n->cfg.cb_arg, leader, index) != 0 ||
+        if (!n->cfg.fetch_store ||
+            n->cfg.fetch_store(n->cfg.cb_arg, leader, index, (const char *const *)urls, n_urls) != 0 ||
             mvcc_applied_index(n->cfg.store) < index) {
             logf_("error", "could not bring the store to raft index %llu", (unsigned long long)index);
-            return RAFT_IOERR;
+            rv = RAFT_IOERR;
+        } else {
+            logf_("info", "store installed at applied index %llu",
+                  (unsigned long long)mvcc_applied_index(n->cfg.store));
         }
-        logf_("info", "store installed at applied index %llu",
-              (unsigned long long)mvcc_applied_index(n->cfg.store));
     }
-    raft_free(buf->base);
-    return 0;
+    for (size_t i = 0; i < n_urls; i++)
+        free(urls[i]);
+    if (rv == 0)
+        raft_free(buf->base);
+    return rv;
 }
 
 /* ---- proposals ---- */

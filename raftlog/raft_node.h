@@ -54,8 +54,11 @@ typedef void (*raft_node_remote_read_fn)(void *arg, uint64_t leader_id);
  * store is behind the raft snapshot at `index` (this member fell behind, or
  * joined late): replace the store's contents with another member's (the
  * leader's, `leader_id`; 0 when none is known) whose applied index is >=
- * index. Blocking. Returns 0 when the store now has applied >= index. */
-typedef int (*raft_node_fetch_fn)(void *arg, uint64_t leader_id, uint64_t index);
+ * index. `urls` are the client URLs of the members as the snapshot's
+ * author knew them (a member that just joined knows no other way to reach
+ * them). Blocking. Returns 0 when the store now has applied >= index. */
+typedef int (*raft_node_fetch_fn)(void *arg, uint64_t leader_id, uint64_t index,
+                                  const char *const *urls, size_t n_urls);
 
 /* Called on the raft thread after each entry was applied to the store. */
 typedef void (*raft_node_applied_fn)(void *arg, uint64_t index);

@@ -101,7 +101,8 @@ void cluster_free(ballast_server *b);
 /* raft node hooks (arg: the ballast_server) */
 void cluster_remote_read(void *arg, uint64_t leader_id);
 void cluster_applied(void *arg, uint64_t index);
-int cluster_fetch_store(void *arg, uint64_t leader_id, uint64_t index);
+int cluster_fetch_store(void *arg, uint64_t leader_id, uint64_t index, const char *const *urls,
+                        size_t n_urls);
 void cluster_transfer_done(void *ctx, const char *error, void *arg);
 /* A forwarded call failed with `code`/`message` from gRPC or the leader:
  * the status and etcd message to answer the client with. */

@@ -799,7 +799,8 @@ static int fetch_from(ballast_server *b, const char *target)
     return rv;
 }
 
-int cluster_fetch_store(void *arg, uint64_t leader_id, uint64_t index)
+int cluster_fetch_store(void *arg, uint64_t leader_id, uint64_t index, const char *const *urls,
+                        size_t n_urls)
 {
     ballast_server *b = arg;
     struct cluster_state *c = b->cluster;
@@ -816,6 +817,24 @@ int cluster_fetch_store(void *arg, uint64_t leader_id, uint64_t index)
             url_target(c->members[i]->client_urls[0], targets[n], sizeof targets[n]) == 0)
             n++;
     pthread_mutex_unlock(&c->mu);
+    /* the snapshot's author's view, for a member that knows nobody yet */
+    for (size_t i = 0; i < n_urls && n < 16; i++) {
+        char t[300];
+        if (url_target(urls[i], t, sizeof t) != 0)
+            continue;
+        int known = 0;
+        for (size_t j = 0; j < n; j++)
+            known |= strcmp(targets[j], t) == 0;
+        for (size_t j = 0; j < b->cfg->advertise_client_urls.n; j++) {
+            char mine[300];
+            if (url_target(b->cfg->advertise_client_urls.items[j].text, mine, sizeof mine) == 0)
+                known |= strcmp(mine, t) == 0;
+        }
+        if (!known) {
+            snprintf(targets[n], sizeof targets[n], "%s", t);
+            n++;
+        }
+    }
     int64_t old_rev = mvcc_current_revision(b->store);
     for (int attempt = 0; attempt < 3; attempt++) {
         for (size_t i = 0; i < n; i++) {
