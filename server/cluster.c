@@ -213,6 +213,89 @@ static int64_t header_revision(const uint8_t *p, size_t n)
     return 0;
 }
 
+static size_t put_varint(uint8_t *out, uint64_t v)
+{
+    size_t n = 0;
+    while (v >= 0x80) {
+        out[n++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    out[n++] = (uint8_t)v;
+    return n;
+}
+
+/* The leader's answer with this member's ResponseHeader (its member_id and
+ * raft_term; cluster_id and revision kept), as etcd's follower answers from
+ * its own apply. Writes into `out` (room for len + 64 bytes); returns the
+ * new length, or 0 when the answer does not parse or has no header. */
+static size_t rewrite_header(ballast_server *b, const uint8_t *p, size_t len, uint8_t *out)
+{
+    size_t o = 64; /* the new header goes in front, the other fields after */
+    size_t i = 0;
+    int found = 0;
+    uint64_t cluster_id = 0, revision = 0;
+    while (i < len) {
+        size_t start = i;
+        uint64_t key, v;
+        if (read_varint(p, len, &i, &key) != 0)
+            return 0;
+        switch (key & 7) {
+        case 0:
+            if (read_varint(p, len, &i, &v) != 0)
+                return 0;
+            break;
+        case 1:
+            i += 8;
+            break;
+        case 5:
+            i += 4;
+            break;
+        case 2:
+            if (read_varint(p, len, &i, &v) != 0 || v > len - i)
+                return 0;
+            if ((key >> 3) == 1 && !found) {
+                const uint8_t *sub;
+                size_t sub_len;
+                pb_find(p + i, (size_t)v, 1, &cluster_id, &sub, &sub_len);
+                pb_find(p + i, (size_t)v, 3, &revision, &sub, &sub_len);
+                found = 1;
+                i += (size_t)v;
+                continue;
+            }
+            i += (size_t)v;
+            break;
+        default:
+            return 0;
+        }
+        if (i > len)
+            return 0;
+        memcpy(out + o, p + start, i - start);
+        o += i - start;
+    }
+    if (!found)
+        return 0;
+    mvcc_header mine = ballast_header(b);
+    uint8_t hdr[48];
+    size_t n = 0;
+    uint64_t fields[4] = {cluster_id, mine.member_id, revision, mine.raft_term};
+    for (uint32_t f = 0; f < 4; f++) {
+        if (!fields[f])
+            continue;
+        hdr[n++] = (uint8_t)((f + 1) << 3);
+        n += put_varint(hdr + n, fields[f]);
+    }
+    uint8_t head[64];
+    size_t hl = 0;
+    head[hl++] = (1 << 3) | 2;
+    hl += put_varint(head + hl, n);
+    memcpy(head + hl, hdr, n);
+    hl += n;
+    /* the fields were copied after a 64-byte gap: close it */
+    memcpy(out, head, hl);
+    memmove(out + hl, out + 64, o - 64);
+    return hl + o - 64;
+}
+
 static void deliver(ballast_server *b, fwd_wait *w)
 {
     if (w->physical)
@@ -226,7 +309,7 @@ static void answer_after_apply(ballast_server *b, rpc_call *call, const uint8_t 
                                int physical, int64_t compact_rev)
 {
     struct cluster_state *c = b->cluster;
-    fwd_wait *w = malloc(sizeof *w + len);
+    fwd_wait *w = malloc(sizeof *w + len + 64);
     if (!w) {
         rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "etcdserver: out of memory");
         return;
@@ -235,8 +318,11 @@ static void answer_after_apply(ballast_server *b, rpc_call *call, const uint8_t 
     w->rev = header_revision(resp, len);
     w->physical = physical;
     w->compact_rev = compact_rev;
-    w->len = len;
-    memcpy(w->resp, resp, len);
+    w->len = rewrite_header(b, resp, len, w->resp);
+    if (w->len == 0) {
+        w->len = len;
+        memcpy(w->resp, resp, len);
+    }
     pthread_mutex_lock(&c->mu);
     if (mvcc_current_revision(b->store) >= w->rev) {
         pthread_mutex_unlock(&c->mu);
@@ -382,6 +468,18 @@ int ballast_route(ballast_server *b, rpc_call *call, const char *method, rpc_una
     return 1;
 }
 
+static const char ERR_LEARNER[] = "etcdserver: rpc not supported for learner";
+
+int cluster_refuse_stream(ballast_server *b, rpc_stream *st)
+{
+    raft_node_status ns;
+    raft_node_get_status(b->node, &ns);
+    if (!ns.is_learner)
+        return 0;
+    rpc_stream_finish(st, GRPC_STATUS_UNAVAILABLE, ERR_LEARNER);
+    return 1;
+}
+
 int cluster_admit(rpc_call *call, const char *method, const uint8_t *req, size_t len, void *arg)
 {
     ballast_server *b = arg;
@@ -393,7 +491,7 @@ int cluster_admit(rpc_call *call, const char *method, const uint8_t *req, size_t
         size_t sub_len;
         int range = strcmp(method, "/etcdserverpb.KV/Range") == 0;
         if (!range || !pb_find(req, len, 7, &serializable, &sub, &sub_len) || !serializable) {
-            rpc_fail(call, GRPC_STATUS_UNAVAILABLE, "etcdserver: rpc not supported for learner");
+            rpc_fail(call, GRPC_STATUS_UNAVAILABLE, ERR_LEARNER);
             return 1;
         }
     }

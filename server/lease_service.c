@@ -272,8 +272,7 @@ size_t lease_service_methods(ballast_server *b, rpc_method *out)
 
 static void keepalive_open(rpc_stream *st, void *arg)
 {
-    (void)st;
-    (void)arg;
+    cluster_refuse_stream(arg, st);
 }
 
 /* The leader's answer to one keep-alive request: the encoded response in

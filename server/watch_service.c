@@ -25,6 +25,8 @@ static const watch_stream_ops hub_ops = {stream_send, stream_backlog, stream_rel
 static void watch_open(rpc_stream *st, void *arg)
 {
     ballast_server *b = arg;
+    if (cluster_refuse_stream(b, st))
+        return;
     watch_stream *ws = watch_stream_open(b->watch, &hub_ops, st);
     if (!ws) {
         rpc_stream_finish(st, GRPC_STATUS_RESOURCE_EXHAUSTED, "etcdserver: out of memory");
