@@ -1137,38 +1137,34 @@ void raft_node_read_index(raft_node *n, void *ctx)
     uv_async_send(&n->wake);
 }
 
-void raft_node_remote_read_done(raft_node *n, int status, const char *message, uint64_t index)
+/* A command for the loop; memory cannot fail here: what waits on it would
+ * never be answered. */
+static void send_command(raft_node *n, int kind, int status, const char *message, uint64_t index,
+                         void *ctx)
 {
     node_cmd *cmd = calloc(1, sizeof *cmd);
-    if (!cmd)
-        abort(); /* the reads waiting for it cannot be left unanswered */
-    cmd->kind = CMD_REMOTE_READ;
+    if (!cmd || (message && !(cmd->message = strdup(message))))
+        abort();
+    cmd->kind = kind;
     cmd->status = status;
-    cmd->message = message ? strdup(message) : NULL;
     cmd->index = index;
+    cmd->ctx = ctx;
     push_command(n, cmd);
+}
+
+void raft_node_remote_read_done(raft_node *n, int status, const char *message, uint64_t index)
+{
+    send_command(n, CMD_REMOTE_READ, status, message, index, NULL);
 }
 
 void raft_node_wait_applied(raft_node *n, uint64_t index, void *ctx)
 {
-    node_cmd *cmd = calloc(1, sizeof *cmd);
-    if (!cmd)
-        abort();
-    cmd->kind = CMD_WAIT_APPLIED;
-    cmd->index = index;
-    cmd->ctx = ctx;
-    push_command(n, cmd);
+    send_command(n, CMD_WAIT_APPLIED, 0, NULL, index, ctx);
 }
 
 void raft_node_transfer(raft_node *n, uint64_t target, void *ctx)
 {
-    node_cmd *cmd = calloc(1, sizeof *cmd);
-    if (!cmd)
-        abort();
-    cmd->kind = CMD_TRANSFER;
-    cmd->index = target;
-    cmd->ctx = ctx;
-    push_command(n, cmd);
+    send_command(n, CMD_TRANSFER, 0, NULL, target, ctx);
 }
 
 int raft_node_match_index(raft_node *n, uint64_t id, uint64_t *match)

@@ -158,46 +158,54 @@ static int read_varint(const uint8_t *p, size_t n, size_t *i, uint64_t *v)
     return -1;
 }
 
-/* Finds the first occurrence of `field` in an encoded message: a varint's
- * value in *v, or a length-delimited field's bytes in *sub, *sub_len.
- * Returns 1 when found, 0 when not (or the bytes do not parse). */
+/* Reads the field at *i of an encoded message: its number, and a varint's
+ * value in *v or a length-delimited field's bytes in *sub, *sub_len (other
+ * wire types are skipped). Returns 1, 0 at the end, -1 when the bytes do not
+ * parse. */
+static int pb_next(const uint8_t *p, size_t n, size_t *i, uint32_t *field, uint64_t *v,
+                   const uint8_t **sub, size_t *sub_len)
+{
+    if (*i >= n)
+        return 0;
+    uint64_t key;
+    if (read_varint(p, n, i, &key) != 0)
+        return -1;
+    *field = (uint32_t)(key >> 3);
+    *sub = NULL;
+    *sub_len = 0;
+    switch (key & 7) {
+    case 0:
+        return read_varint(p, n, i, v) == 0 ? 1 : -1;
+    case 1:
+        *i += 8;
+        break;
+    case 5:
+        *i += 4;
+        break;
+    case 2:
+        if (read_varint(p, n, i, v) != 0 || *v > n - *i)
+            return -1;
+        *sub = p + *i;
+        *sub_len = (size_t)*v;
+        *i += (size_t)*v;
+        break;
+    default:
+        return -1;
+    }
+    return *i <= n ? 1 : -1;
+}
+
+/* Finds the first occurrence of `field`: 1 when found (see pb_next for
+ * what is set), 0 when not or the bytes do not parse. */
 static int pb_find(const uint8_t *p, size_t n, uint32_t field, uint64_t *v, const uint8_t **sub,
                    size_t *sub_len)
 {
     size_t i = 0;
-    while (i < n) {
-        uint64_t key, val;
-        if (read_varint(p, n, &i, &key) != 0)
-            return 0;
-        switch (key & 7) {
-        case 0:
-            if (read_varint(p, n, &i, &val) != 0)
-                return 0;
-            if ((key >> 3) == field) {
-                *v = val;
-                return 1;
-            }
-            break;
-        case 1:
-            i += 8;
-            break;
-        case 5:
-            i += 4;
-            break;
-        case 2:
-            if (read_varint(p, n, &i, &val) != 0 || val > n - i)
-                return 0;
-            if ((key >> 3) == field) {
-                *sub = p + i;
-                *sub_len = (size_t)val;
-                return 1;
-            }
-            i += (size_t)val;
-            break;
-        default:
-            return 0;
-        }
-    }
+    uint32_t f;
+    int rc;
+    while ((rc = pb_next(p, n, &i, &f, v, sub, sub_len)) == 1)
+        if (f == field)
+            return 1;
     return 0;
 }
 
@@ -231,47 +239,25 @@ static size_t put_varint(uint8_t *out, uint64_t v)
 static size_t rewrite_header(ballast_server *b, const uint8_t *p, size_t len, uint8_t *out)
 {
     size_t o = 64; /* the new header goes in front, the other fields after */
-    size_t i = 0;
-    int found = 0;
-    uint64_t cluster_id = 0, revision = 0;
-    while (i < len) {
-        size_t start = i;
-        uint64_t key, v;
-        if (read_varint(p, len, &i, &key) != 0)
-            return 0;
-        switch (key & 7) {
-        case 0:
-            if (read_varint(p, len, &i, &v) != 0)
-                return 0;
-            break;
-        case 1:
-            i += 8;
-            break;
-        case 5:
-            i += 4;
-            break;
-        case 2:
-            if (read_varint(p, len, &i, &v) != 0 || v > len - i)
-                return 0;
-            if ((key >> 3) == 1 && !found) {
-                const uint8_t *sub;
-                size_t sub_len;
-                pb_find(p + i, (size_t)v, 1, &cluster_id, &sub, &sub_len);
-                pb_find(p + i, (size_t)v, 3, &revision, &sub, &sub_len);
-                found = 1;
-                i += (size_t)v;
-                continue;
-            }
-            i += (size_t)v;
-            break;
-        default:
-            return 0;
+    size_t i = 0, start = 0;
+    int found = 0, rc;
+    uint32_t field;
+    uint64_t v, cluster_id = 0, revision = 0;
+    const uint8_t *h, *sub;
+    size_t hn, sub_len;
+    while ((rc = pb_next(p, len, &i, &field, &v, &h, &hn)) == 1) {
+        if (field == 1 && h && !found) {
+            pb_find(h, hn, 1, &cluster_id, &sub, &sub_len);
+            pb_find(h, hn, 3, &revision, &sub, &sub_len);
+            found = 1;
+        } else {
+            memcpy(out + o, p + start, i - start);
+            o += i - start;
         }
-        if (i > len)
-            return 0;
-        memcpy(out + o, p + start, i - start);
-        o += i - start;
+        start = i;
     }
+    if (rc != 0)
+        return 0;
     if (!found)
         return 0;
     mvcc_header mine = ballast_header(b);

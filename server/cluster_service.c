@@ -166,7 +166,7 @@ static int urls_valid(char **urls, size_t n)
 }
 
 /* What to answer once a MemberOp is applied. */
-typedef enum { ANSWER_ADD, ANSWER_REMOVE, ANSWER_UPDATE, ANSWER_PROMOTE, ANSWER_PUBLISH } answer_kind;
+typedef enum { ANSWER_ADD, ANSWER_MEMBERS, ANSWER_PUBLISH } answer_kind;
 
 typedef struct member_change {
     answer_kind kind;
@@ -206,24 +206,11 @@ static void member_op_done(ballast_server *b, rpc_call *call, const mvcc_result 
         ballast_reply_packed(call, &resp.base);
         break;
     }
-    case ANSWER_REMOVE: {
-        Etcdserverpb__MemberRemoveResponse resp = ETCDSERVERPB__MEMBER_REMOVE_RESPONSE__INIT;
-        resp.header = &h;
-        resp.members = v.ptrs;
-        resp.n_members = v.n;
-        ballast_reply_packed(call, &resp.base);
-        break;
-    }
-    case ANSWER_UPDATE: {
-        Etcdserverpb__MemberUpdateResponse resp = ETCDSERVERPB__MEMBER_UPDATE_RESPONSE__INIT;
-        resp.header = &h;
-        resp.members = v.ptrs;
-        resp.n_members = v.n;
-        ballast_reply_packed(call, &resp.base);
-        break;
-    }
     default: {
-        Etcdserverpb__MemberPromoteResponse resp = ETCDSERVERPB__MEMBER_PROMOTE_RESPONSE__INIT;
+        /* MemberRemove, MemberUpdate and MemberPromote answers have exactly
+         * MemberListResponse's fields (header = 1, members = 2): one
+         * encoder serves them all. */
+        Etcdserverpb__MemberListResponse resp = ETCDSERVERPB__MEMBER_LIST_RESPONSE__INIT;
         resp.header = &h;
         resp.members = v.ptrs;
         resp.n_members = v.n;
@@ -300,7 +287,7 @@ static void cluster_member_remove(rpc_call *call, const uint8_t *data, size_t le
         return;
     Ballastpb__Member m = BALLASTPB__MEMBER__INIT;
     m.id = r->id;
-    propose_change(b, call, BALLASTPB__MEMBER_OP__KIND__REMOVE, &m, ANSWER_REMOVE);
+    propose_change(b, call, BALLASTPB__MEMBER_OP__KIND__REMOVE, &m, ANSWER_MEMBERS);
     protobuf_c_message_free_unpacked(&r->base, NULL);
 }
 
@@ -321,7 +308,7 @@ static void cluster_member_update(rpc_call *call, const uint8_t *data, size_t le
     m.id = r->id;
     m.peer_urls = r->peerurls;
     m.n_peer_urls = r->n_peerurls;
-    propose_change(b, call, BALLASTPB__MEMBER_OP__KIND__UPDATE, &m, ANSWER_UPDATE);
+    propose_change(b, call, BALLASTPB__MEMBER_OP__KIND__UPDATE, &m, ANSWER_MEMBERS);
     protobuf_c_message_free_unpacked(&r->base, NULL);
 }
 
@@ -365,7 +352,7 @@ static void cluster_member_promote(rpc_call *call, const uint8_t *data, size_t l
     }
     Ballastpb__Member m = BALLASTPB__MEMBER__INIT;
     m.id = id;
-    propose_change(b, call, BALLASTPB__MEMBER_OP__KIND__PROMOTE, &m, ANSWER_PROMOTE);
+    propose_change(b, call, BALLASTPB__MEMBER_OP__KIND__PROMOTE, &m, ANSWER_MEMBERS);
 }
 
 /* /ballastpb.Internal/PublishMember: a member's name and client URLs. */
