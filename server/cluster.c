@@ -270,8 +270,12 @@ static size_t rewrite_header(ballast_server *b, const uint8_t *p, size_t len, ui
         hdr[n++] = (uint8_t)((f + 1) << 3);
         n += put_varint(hdr + n, fields[f]);
     }
-    uint8_t head[64];
+    /* four varints of at most 10 bytes and their tags: n <= 44, and the
+     * field's tag and one-byte length make at most 46 of the 64-byte gap */
+    uint8_t head[2 + sizeof hdr];
     size_t hl = 0;
+    if (n > sizeof hdr)
+        return 0;
     head[hl++] = (1 << 3) | 2;
     hl += put_varint(head + hl, n);
     memcpy(head + hl, hdr, n);
