@@ -106,7 +106,7 @@ static int restore(const char *file, const ballast_config *cfg)
     l = NULL;
     if (end != 0)
         goto fail;
-    if (mvcc_reset_applied_index(m) != 0) {
+    if (mvcc_reset_for_new_cluster(m) != 0) {
         err = strdup("cannot reset the applied index");
         goto fail;
     }

@@ -397,16 +397,22 @@ int mvcc_incomplete(mvcc *m)
     return v;
 }
 
-int mvcc_reset_applied_index(mvcc *m)
+int mvcc_reset_for_new_cluster(mvcc *m)
 {
     uint8_t b[8];
     be64_encode(b, 0);
+    rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+    rocksdb_writebatch_put_cf(wb, m->cf[CF_META], META_APPLIED, strlen(META_APPLIED), (const char *)b, 8);
+    if (member_forget_all(m, wb) != 0) {
+        rocksdb_writebatch_destroy(wb);
+        return -1;
+    }
     rocksdb_writeoptions_t *wo = rocksdb_writeoptions_create();
     rocksdb_writeoptions_set_sync(wo, 1);
     char *err = NULL;
-    rocksdb_put_cf(m->db, wo, m->cf[CF_META], META_APPLIED, strlen(META_APPLIED), (const char *)b, 8,
-                   &err);
+    rocksdb_write(m->db, wo, wb, &err);
     rocksdb_writeoptions_destroy(wo);
+    rocksdb_writebatch_destroy(wb);
     if (err) {
         free(err);
         return -1;
@@ -414,5 +420,7 @@ int mvcc_reset_applied_index(mvcc *m)
     pthread_mutex_lock(&m->mu);
     m->applied_index = 0;
     pthread_mutex_unlock(&m->mu);
+    __atomic_store_n(&m->cluster_id, 0, __ATOMIC_RELEASE);
+    __atomic_add_fetch(&m->members_gen, 1, __ATOMIC_RELEASE);
     return 0;
 }

@@ -343,9 +343,11 @@ void mvcc_load_abort(mvcc_load *l);
  * its applied index is 0 and its contents must be replaced by a load. */
 int mvcc_incomplete(mvcc *m);
 
-/* Sets the applied index to 0 (durably), keeping the data: for a store
- * restored from a snapshot into a new cluster, whose raft log starts
- * again at index 1. Only while apply is not running. Returns 0 or -1. */
-int mvcc_reset_applied_index(mvcc *m);
+/* For a store restored from a snapshot into a new cluster, whose raft log
+ * starts again at index 1 and whose members are the new ones: sets the
+ * applied index to 0 and forgets the old cluster's member list and id,
+ * durably, keeping the data. Only while apply is not running. Returns 0 or
+ * -1. */
+int mvcc_reset_for_new_cluster(mvcc *m);
 
 #endif

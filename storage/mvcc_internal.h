@@ -240,6 +240,8 @@ uint64_t be64_decode(const uint8_t *p);
 /* Applies a MemberOp through the apply view: 0, 1 with a client error in
  * *res, -1 on a store error. */
 int member_apply(mvcc *m, mvcc_view *v, const Ballastpb__MemberOp *op, mvcc_result *res);
+/* Adds to wb the deletion of every member record and of the cluster id. */
+int member_forget_all(mvcc *m, rocksdb_writebatch_t *wb);
 /* Reads the recorded cluster id into m->cluster_id (at open). */
 int member_load_cluster_id(mvcc *m);
 /* Reads the numbers kept in "meta" (applied index, revisions, physical

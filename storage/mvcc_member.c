@@ -117,6 +117,25 @@ int member_load_cluster_id(mvcc *m)
     return 0;
 }
 
+int member_forget_all(mvcc *m, rocksdb_writebatch_t *wb)
+{
+    rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
+    rocksdb_iterator_t *it = rocksdb_create_iterator_cf(m->db, ro, m->cf[CF_META]);
+    for (rocksdb_iter_seek(it, MEMBER_PREFIX, MEMBER_PREFIX_LEN); rocksdb_iter_valid(it);
+         rocksdb_iter_next(it)) {
+        size_t kn;
+        const char *k = rocksdb_iter_key(it, &kn);
+        if (kn < MEMBER_PREFIX_LEN || memcmp(k, MEMBER_PREFIX, MEMBER_PREFIX_LEN) != 0)
+            break;
+        rocksdb_writebatch_delete_cf(wb, m->cf[CF_META], k, kn);
+    }
+    int rv = iter_failed(it) ? -1 : 0;
+    rocksdb_iter_destroy(it);
+    rocksdb_readoptions_destroy(ro);
+    rocksdb_writebatch_delete_cf(wb, m->cf[CF_META], META_CLUSTER_ID, strlen(META_CLUSTER_ID));
+    return rv;
+}
+
 static void member_write(mvcc *m, const Ballastpb__Member *mem)
 {
     uint8_t key[MEMBER_PREFIX_LEN + 8];
