@@ -46,8 +46,8 @@ typedef struct apply_results {
     size_t n;
 } apply_results;
 
-/* A waiting read: its ctx, and when it gives up (ms, raft_node_now_ms)
- * or, in the apply wait list, the index it waits for. */
+/* A waiting read: its ctx, and when it gives up (ms, now_ms()) or, in the
+ * apply wait list, the index it waits for. */
 typedef struct read_item {
     void *ctx;
     uint64_t until;
@@ -59,7 +59,7 @@ typedef struct ctx_list {
 } ctx_list;
 
 /* Work handed to the raft thread by other threads. */
-enum { CMD_REMOTE_READ, CMD_WAIT_APPLIED, CMD_TRANSFER };
+enum { CMD_REMOTE_READ, CMD_TRANSFER };
 typedef struct node_cmd {
     struct node_cmd *next;
     int kind;
@@ -714,10 +714,6 @@ static void run_commands(raft_node *n, node_cmd *cmd)
                 n->remote_retry_at = now_ms() + REMOTE_RETRY_MS;
             }
             break;
-        case CMD_WAIT_APPLIED:
-            if (ctx_list_push(&n->read_applied, cmd->ctx, cmd->index) != 0)
-                abort();
-            break;
         case CMD_TRANSFER:
             start_transfer(n, cmd->index, cmd->ctx);
             break;
@@ -732,9 +728,7 @@ static void run_commands(raft_node *n, node_cmd *cmd)
 /* Once the loop is closing: a command is answered "stopped" at once. */
 static void answer_stopped(raft_node *n, node_cmd *cmd)
 {
-    if (cmd->kind == CMD_WAIT_APPLIED)
-        n->cfg.read_done(cmd->ctx, MVCC_STATUS_UNAVAILABLE, ERR_STOPPED, n->cfg.cb_arg);
-    else if (cmd->kind == CMD_TRANSFER && cmd->ctx && n->cfg.transfer_done)
+    if (cmd->kind == CMD_TRANSFER && cmd->ctx && n->cfg.transfer_done)
         n->cfg.transfer_done(cmd->ctx, ERR_STOPPED, n->cfg.cb_arg);
     free(cmd->message);
     free(cmd);
@@ -1155,11 +1149,6 @@ static void send_command(raft_node *n, int kind, int status, const char *message
 void raft_node_remote_read_done(raft_node *n, int status, const char *message, uint64_t index)
 {
     send_command(n, CMD_REMOTE_READ, status, message, index, NULL);
-}
-
-void raft_node_wait_applied(raft_node *n, uint64_t index, void *ctx)
-{
-    send_command(n, CMD_WAIT_APPLIED, 0, NULL, index, ctx);
 }
 
 void raft_node_transfer(raft_node *n, uint64_t target, void *ctx)

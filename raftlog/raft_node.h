@@ -119,10 +119,6 @@ void raft_node_read_index(raft_node *n, void *ctx);
  * etcd message (copied). Thread-safe. */
 void raft_node_remote_read_done(raft_node *n, int status, const char *message, uint64_t index);
 
-/* Calls read_done(ctx, 0, NULL) on the raft thread once this member has
- * applied `index` (at once if it has). Thread-safe. */
-void raft_node_wait_applied(raft_node *n, uint64_t index, void *ctx);
-
 /* Asks the leader (this member) to hand leadership to voter `target`;
  * transfer_done(ctx, ...) follows. Thread-safe. */
 void raft_node_transfer(raft_node *n, uint64_t target, void *ctx);

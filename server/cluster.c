@@ -334,14 +334,18 @@ static fwd_wait *take_waiters_locked(ballast_server *b, int all)
 {
     struct cluster_state *c = b->cluster;
     int64_t rev = mvcc_current_revision(b->store);
-    fwd_wait *ready = c->waiters, **p = &c->waiters;
+    fwd_wait **p = &c->waiters;
     while (*p && (all || (*p)->rev <= rev))
         p = &(*p)->next;
+    if (p == &c->waiters)
+        return NULL;
+    /* the list is ordered by revision: the ready ones are its head, up to p */
+    fwd_wait *ready = c->waiters;
     c->waiters = *p;
     *p = NULL;
     if (!c->waiters)
         __atomic_store_n(&c->have_waiters, 0, __ATOMIC_RELEASE);
-    return ready == c->waiters ? NULL : ready;
+    return ready;
 }
 
 static void deliver_all(ballast_server *b, fwd_wait *w)

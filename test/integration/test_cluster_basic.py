@@ -34,6 +34,8 @@ import harness
 from harness import check, rpc_pb2, rpc_pb2_grpc
 
 FOLLOWER_PUTS = 100          # forwarded Puts each followed by a serializable Range
+CONCURRENT_WRITERS = 8       # then writers at once through the same follower
+CONCURRENT_PUTS = 50         # Puts (each read back) per writer
 WATCH_PUTS = 50
 
 
@@ -159,6 +161,31 @@ def check_follower_read_after_forwarded_put(cluster):
               "Put %s through follower %s answered revision %d, but the follower's "
               "serializable Range right afterwards gave %s at header revision %d"
               % (key, follower.name, resp.header.revision, kv, header_rev))
+    # the same with writers at once through one follower, each reading its
+    # own Put back (answers waiting for the follower's apply side by side)
+    errors = []
+
+    def writer(t):
+        channel = follower.new_channel()
+        kv_stub = harness.rpc_pb2_grpc.KVStub(channel)
+        try:
+            for n in range(CONCURRENT_PUTS):
+                key = b"fwdc/%d/%03d" % (t, n)
+                rev = kv_stub.Put(rpc_pb2.PutRequest(key=key, value=b"c"), timeout=10).header.revision
+                got = kv_stub.Range(rpc_pb2.RangeRequest(key=key, serializable=True), timeout=10)
+                if not got.kvs or got.kvs[0].mod_revision != rev or got.header.revision < rev:
+                    errors.append("%s: Put answered revision %d, serializable Range gave %s at %d"
+                                  % (key, rev, list(got.kvs), got.header.revision))
+        finally:
+            channel.close()
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(CONCURRENT_WRITERS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    check(not errors, "%d of %d concurrent Puts through follower %s not seen by its own "
+          "serializable Range right afterwards, e.g. %s" % (
+              len(errors), CONCURRENT_WRITERS * CONCURRENT_PUTS, follower.name, errors[:2]))
     # the other way round is not promised: count, for the record
     stale = 0
     for n in range(FOLLOWER_PUTS):
@@ -166,10 +193,12 @@ def check_follower_read_after_forwarded_put(cluster):
         leader.kv().Put(rpc_pb2.PutRequest(key=key, value=b"x"), timeout=10)
         kv, _ = follower.get(key, serializable=True)
         stale += kv is None
-    harness.log("%d Puts through follower %s: each seen by its own serializable Range at once; "
+    harness.log("%d Puts (and %d from %d writers at once) through follower %s: each seen by its "
+                "own serializable Range at once; "
                 "%d of %d Puts through the leader not yet seen by that follower's serializable "
-                "Range right afterwards (allowed)" % (FOLLOWER_PUTS, follower.name, stale,
-                                                      FOLLOWER_PUTS))
+                "Range right afterwards (allowed)" % (
+                    FOLLOWER_PUTS, CONCURRENT_WRITERS * CONCURRENT_PUTS, CONCURRENT_WRITERS,
+                    follower.name, stale, FOLLOWER_PUTS))
 
 
 def check_watch_on_follower(cluster):
