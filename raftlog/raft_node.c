@@ -71,6 +71,7 @@ typedef struct node_cmd {
 
 typedef struct progress_item {
     uint64_t id, match;
+    uint64_t last_seen; /* ms, now_ms(): when the leader last heard from it */
 } progress_item;
 
 struct raft_node {
@@ -830,10 +831,19 @@ static void publish_status(raft_node *n)
                 n->progress_cap = cnt;
             }
         }
+        uint64_t now = now_ms();
+        size_t had = n->n_progress;
         n->n_progress = cnt <= n->progress_cap ? cnt : 0;
-        for (size_t i = 0; i < n->n_progress; i++)
-            n->progress[i] = (progress_item){n->raft.configuration.servers[i].id,
-                                             n->raft.leader_state.progress[i].match_index};
+        for (size_t i = 0; i < n->n_progress; i++) {
+            uint64_t id = n->raft.configuration.servers[i].id;
+            uint64_t seen = 0;
+            for (size_t j = 0; j < had; j++)
+                if (n->progress[j].id == id)
+                    seen = n->progress[j].last_seen;
+            if (id == n->cfg.id || n->raft.leader_state.progress[i].recent_recv)
+                seen = now;
+            n->progress[i] = (progress_item){id, n->raft.leader_state.progress[i].match_index, seen};
+        }
         pthread_mutex_unlock(&n->mu);
     }
     int fast = is_leader && n->ready_term == n->raft.current_term && sole_voter(n);
@@ -1156,13 +1166,15 @@ void raft_node_transfer(raft_node *n, uint64_t target, void *ctx)
     send_command(n, CMD_TRANSFER, 0, NULL, target, ctx);
 }
 
-int raft_node_match_index(raft_node *n, uint64_t id, uint64_t *match)
+int raft_node_progress(raft_node *n, uint64_t id, uint64_t *match, uint64_t *idle_ms)
 {
     int found = 0;
+    uint64_t now = now_ms();
     pthread_mutex_lock(&n->mu);
     for (size_t i = 0; i < n->n_progress; i++) {
         if (n->progress[i].id == id) {
             *match = n->progress[i].match;
+            *idle_ms = now > n->progress[i].last_seen ? now - n->progress[i].last_seen : 0;
             found = 1;
         }
     }

@@ -123,9 +123,11 @@ void raft_node_remote_read_done(raft_node *n, int status, const char *message, u
  * transfer_done(ctx, ...) follows. Thread-safe. */
 void raft_node_transfer(raft_node *n, uint64_t target, void *ctx);
 
-/* On the leader: how far member `id` has replicated the log (1, *match set)
- * or 0 when unknown. Thread-safe. */
-int raft_node_match_index(raft_node *n, uint64_t id, uint64_t *match);
+/* On the leader: how far member `id` has replicated the log (*match) and
+ * how long ago the leader last heard from it (*idle_ms; 0 for the leader
+ * itself). 1 when known, 0 when not (not the leader, or no such server).
+ * Thread-safe. */
+int raft_node_progress(raft_node *n, uint64_t id, uint64_t *match, uint64_t *idle_ms);
 
 typedef struct raft_node_status {
     uint64_t term;

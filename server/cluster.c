@@ -28,6 +28,8 @@
 
 #define TICK_MS 20 /* parked calls are retried this often */
 #define PUBLISH_RETRY_MS 1000
+/* How long a removed leader waits to hand leadership over before stopping. */
+#define REMOVED_LEADER_WAIT_MS 5000
 #define KV_COMPACT "/etcdserverpb.KV/Compact"
 
 static const char ERR_TIMEOUT[] = "etcdserver: request timed out";
@@ -81,6 +83,7 @@ struct cluster_state {
     int publish_in_flight; /* atomic */
     uint64_t next_bootstrap_ms;
     int seen_self;
+    uint64_t removed_at_ms;
     int removed;
 };
 
@@ -662,7 +665,13 @@ static void check_self(ballast_server *b, const raft_node_status *st, Ballastpb_
         if (members[i]->id == b->member_id)
             me = members[i];
     if (!me) {
+        /* A removed leader first hands leadership over (its raft node does
+         * that), so that the others can take it out of the configuration. */
         if (c->seen_self && n_members > 0 && !c->removed) {
+            if (!c->removed_at_ms)
+                c->removed_at_ms = now;
+            if (st->is_leader && now - c->removed_at_ms < REMOVED_LEADER_WAIT_MS)
+                return;
             c->removed = 1;
             fprintf(stderr, "ballast info: the member has been permanently removed from the cluster; stopping\n");
             kill(getpid(), SIGTERM);

@@ -16,6 +16,8 @@ static const char ERR_LEARNER_NOT_READY[] =
     "etcdserver: can only promote a learner member which is in sync with leader";
 static const char ERR_TOO_MANY_LEARNERS[] = "etcdserver: too many learner members in cluster";
 static const char ERR_NOMEM[] = "etcdserver: out of memory";
+static const char ERR_NOT_ENOUGH_STARTED[] =
+    "etcdserver: re-configuration failed due to not enough started members";
 
 /* etcd 3.4 allows one learner at a time, and promotes a learner whose log
  * has reached 90% of the leader's. */
@@ -109,6 +111,26 @@ static const Ballastpb__Member *view_find(const member_view *v, uint64_t id)
         if (v->src[i]->id == id)
             return v->src[i];
     return NULL;
+}
+
+/* etcd's --strict-reconfig-check (on by default): a change of voters is
+ * refused unless the voters the leader has heard from lately would still be
+ * a quorum of the new configuration — with `removing` gone, or with one
+ * more (not yet started) voter when `adding_voter`. */
+static int enough_started(ballast_server *b, const member_view *v, uint64_t removing, int adding_voter)
+{
+    size_t voters = adding_voter ? 1 : 0, started = 0;
+    uint64_t recent_ms = 2u * b->cfg->election_timeout_ms;
+    for (size_t i = 0; i < v->n_src; i++) {
+        const Ballastpb__Member *m = v->src[i];
+        if (m->is_learner || m->id == removing)
+            continue;
+        voters++;
+        uint64_t match, idle;
+        if (raft_node_progress(b->node, m->id, &match, &idle) && idle <= recent_ms)
+            started++;
+    }
+    return started >= voters / 2 + 1;
 }
 
 /* ---- MemberList ---- */
@@ -253,18 +275,22 @@ static void cluster_member_add(rpc_call *call, const uint8_t *data, size_t len, 
         protobuf_c_message_free_unpacked(&r->base, NULL);
         return;
     }
-    if (r->islearner) {
-        member_view v;
-        size_t learners = 0;
-        if (member_view_load(b, &v) == 0)
-            for (size_t i = 0; i < v.n_src; i++)
-                learners += v.src[i]->is_learner;
-        member_view_free(&v);
-        if (learners >= MAX_LEARNERS) {
-            rpc_fail(call, GRPC_STATUS_FAILED_PRECONDITION, ERR_TOO_MANY_LEARNERS);
-            protobuf_c_message_free_unpacked(&r->base, NULL);
-            return;
-        }
+    member_view v;
+    const char *refused = NULL;
+    size_t learners = 0;
+    if (member_view_load(b, &v) == 0) {
+        for (size_t i = 0; i < v.n_src; i++)
+            learners += v.src[i]->is_learner;
+        if (r->islearner && learners >= MAX_LEARNERS)
+            refused = ERR_TOO_MANY_LEARNERS;
+        else if (!r->islearner && v.n_src > 0 && !enough_started(b, &v, 0, 1))
+            refused = ERR_NOT_ENOUGH_STARTED;
+    }
+    member_view_free(&v);
+    if (refused) {
+        rpc_fail(call, GRPC_STATUS_FAILED_PRECONDITION, refused);
+        protobuf_c_message_free_unpacked(&r->base, NULL);
+        return;
     }
     Ballastpb__Member m = BALLASTPB__MEMBER__INIT;
     /* The id follows from the peer URL and the cluster token, so the new
@@ -285,6 +311,18 @@ static void cluster_member_remove(rpc_call *call, const uint8_t *data, size_t le
     Etcdserverpb__MemberRemoveRequest *r = ballast_unpack(call, &etcdserverpb__member_remove_request__descriptor, data, len);
     if (!r)
         return;
+    member_view v;
+    int refused = 0;
+    if (member_view_load(b, &v) == 0) {
+        const Ballastpb__Member *gone = view_find(&v, r->id);
+        refused = gone && !gone->is_learner && !enough_started(b, &v, r->id, 0);
+    }
+    member_view_free(&v);
+    if (refused) {
+        rpc_fail(call, GRPC_STATUS_FAILED_PRECONDITION, ERR_NOT_ENOUGH_STARTED);
+        protobuf_c_message_free_unpacked(&r->base, NULL);
+        return;
+    }
     Ballastpb__Member m = BALLASTPB__MEMBER__INIT;
     m.id = r->id;
     propose_change(b, call, BALLASTPB__MEMBER_OP__KIND__REMOVE, &m, ANSWER_MEMBERS);
@@ -332,14 +370,14 @@ static void cluster_member_promote(rpc_call *call, const uint8_t *data, size_t l
         const Ballastpb__Member *m = view_find(&v, id);
         raft_node_status st;
         raft_node_get_status(b->node, &st);
-        uint64_t match = 0;
+        uint64_t match = 0, idle = 0;
         if (!m) {
             code = GRPC_STATUS_NOT_FOUND;
             error = ERR_NOT_FOUND;
         } else if (!m->is_learner) {
             code = GRPC_STATUS_FAILED_PRECONDITION;
             error = ERR_NOT_LEARNER;
-        } else if (!raft_node_match_index(b->node, id, &match) ||
+        } else if (!raft_node_progress(b->node, id, &match, &idle) ||
                    match * 100 < st.last_index * LEARNER_READY_PERCENT) {
             code = GRPC_STATUS_FAILED_PRECONDITION;
             error = ERR_LEARNER_NOT_READY;
