@@ -18,6 +18,7 @@ static const char ERR_TOO_MANY_LEARNERS[] = "etcdserver: too many learner member
 static const char ERR_NOMEM[] = "etcdserver: out of memory";
 static const char ERR_NOT_ENOUGH_STARTED[] =
     "etcdserver: re-configuration failed due to not enough started members";
+static const char ERR_UNHEALTHY[] = "etcdserver: unhealthy cluster";
 
 /* etcd 3.4 allows one learner at a time, and promotes a learner whose log
  * has reached 90% of the leader's. */
@@ -113,24 +114,35 @@ static const Ballastpb__Member *view_find(const member_view *v, uint64_t id)
     return NULL;
 }
 
-/* etcd's --strict-reconfig-check (on by default): a change of voters is
- * refused unless the voters the leader has heard from lately would still be
- * a quorum of the new configuration — with `removing` gone, or with one
- * more (not yet started) voter when `adding_voter`. */
-static int enough_started(ballast_server *b, const member_view *v, uint64_t removing, int adding_voter)
+/* etcd's --strict-reconfig-check (on by default), before a change of
+ * voters: enough members must have started (published their attributes)
+ * to be a quorum of the new configuration, or etcd refuses with "not enough
+ * started members"; and the leader must have heard lately from every voter
+ * (any add, a learner's too) or from a quorum of the voters that stay (a
+ * removal), or it answers "unhealthy cluster". `removing` is the voter to
+ * remove (0 for an add). Returns NULL or the error, and its code in *code. */
+static const char *reconfig_refused(ballast_server *b, const member_view *v, uint64_t removing,
+                                    int adding_voter, grpc_status_code *code)
 {
-    size_t voters = adding_voter ? 1 : 0, started = 0;
+    size_t voters = 0, started = 0, heard = 0; /* the voters that stay */
     uint64_t recent_ms = 2u * b->cfg->election_timeout_ms;
     for (size_t i = 0; i < v->n_src; i++) {
         const Ballastpb__Member *m = v->src[i];
         if (m->is_learner || m->id == removing)
             continue;
         voters++;
+        started += m->name && m->name[0];
         uint64_t match, idle;
-        if (raft_node_progress(b->node, m->id, &match, &idle) && idle <= recent_ms)
-            started++;
+        heard += raft_node_progress(b->node, m->id, &match, &idle) && idle <= recent_ms;
     }
-    return started >= voters / 2 + 1;
+    size_t quorum = (voters + (adding_voter ? 1 : 0)) / 2 + 1;
+    *code = GRPC_STATUS_FAILED_PRECONDITION;
+    if ((removing || adding_voter) && started < quorum)
+        return ERR_NOT_ENOUGH_STARTED;
+    *code = GRPC_STATUS_UNAVAILABLE;
+    if (removing ? heard < quorum : heard < voters)
+        return ERR_UNHEALTHY;
+    return NULL;
 }
 
 /* ---- MemberList ---- */
@@ -277,18 +289,19 @@ static void cluster_member_add(rpc_call *call, const uint8_t *data, size_t len, 
     }
     member_view v;
     const char *refused = NULL;
+    grpc_status_code code = GRPC_STATUS_FAILED_PRECONDITION;
     size_t learners = 0;
     if (member_view_load(b, &v) == 0) {
         for (size_t i = 0; i < v.n_src; i++)
             learners += v.src[i]->is_learner;
         if (r->islearner && learners >= MAX_LEARNERS)
             refused = ERR_TOO_MANY_LEARNERS;
-        else if (!r->islearner && v.n_src > 0 && !enough_started(b, &v, 0, 1))
-            refused = ERR_NOT_ENOUGH_STARTED;
+        else if (v.n_src > 0)
+            refused = reconfig_refused(b, &v, 0, !r->islearner, &code);
     }
     member_view_free(&v);
     if (refused) {
-        rpc_fail(call, GRPC_STATUS_FAILED_PRECONDITION, refused);
+        rpc_fail(call, code, refused);
         protobuf_c_message_free_unpacked(&r->base, NULL);
         return;
     }
@@ -312,14 +325,16 @@ static void cluster_member_remove(rpc_call *call, const uint8_t *data, size_t le
     if (!r)
         return;
     member_view v;
-    int refused = 0;
+    const char *refused = NULL;
+    grpc_status_code code = GRPC_STATUS_OK;
     if (member_view_load(b, &v) == 0) {
         const Ballastpb__Member *gone = view_find(&v, r->id);
-        refused = gone && !gone->is_learner && !enough_started(b, &v, r->id, 0);
+        if (gone && !gone->is_learner)
+            refused = reconfig_refused(b, &v, r->id, 0, &code);
     }
     member_view_free(&v);
     if (refused) {
-        rpc_fail(call, GRPC_STATUS_FAILED_PRECONDITION, ERR_NOT_ENOUGH_STARTED);
+        rpc_fail(call, code, refused);
         protobuf_c_message_free_unpacked(&r->base, NULL);
         return;
     }
