@@ -80,9 +80,14 @@ int ballast_route(ballast_server *b, rpc_call *call, const char *method, rpc_una
  * serializable Ranges; a request with metadata hasleader=true fails at once
  * with "etcdserver: no leader" while no leader is known. */
 int cluster_admit(rpc_call *call, const char *method, const uint8_t *req, size_t len, void *arg);
-/* A learner serves no stream (etcd's stream interceptor): finishes `st`
- * with etcd's error and returns 1, or returns 0. */
-int cluster_refuse_stream(ballast_server *b, rpc_stream *st);
+/* A stream's start and end, as etcd's stream interceptor sees them: a
+ * learner serves no stream, and a stream with metadata hasleader=true is
+ * refused while no leader is known and ended with "etcdserver: no leader"
+ * after 3 election timeouts without one. cluster_stream_open finishes `st`
+ * and returns 1 when it is refused, else 0; every stream service calls
+ * cluster_stream_done from its on_done. */
+int cluster_stream_open(ballast_server *b, rpc_stream *st);
+void cluster_stream_done(ballast_server *b, rpc_stream *st);
 /* "host:port" of the leader's first client URL: 0, or -1 when unknown. */
 int cluster_leader_target(ballast_server *b, uint64_t leader_id, char *out, size_t cap);
 /* etcd's request timeout for this member (5 s + 2 election timeouts). */

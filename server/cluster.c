@@ -33,6 +33,7 @@
 #define KV_COMPACT "/etcdserverpb.KV/Compact"
 
 static const char ERR_TIMEOUT[] = "etcdserver: request timed out";
+static const char ERR_NO_LEADER[] = "etcdserver: no leader";
 
 /* A forwarded call's answer, waiting for this member to apply `rev`. */
 typedef struct fwd_wait {
@@ -53,6 +54,12 @@ typedef struct parked {
     const uint8_t *data;
     size_t len;
 } parked;
+
+/* A stream that asked for a leader (metadata hasleader=true). */
+typedef struct leader_stream {
+    struct leader_stream *next;
+    rpc_stream *st; /* a reference of ours */
+} leader_stream;
 
 /* A forward in flight. */
 typedef struct forward {
@@ -82,6 +89,9 @@ struct cluster_state {
     uint64_t next_publish_ms;
     int publish_in_flight; /* atomic */
     uint64_t next_bootstrap_ms;
+    leader_stream *leader_streams; /* under mu */
+    uint64_t next_leader_check_ms;
+    unsigned no_leader_checks;
     int seen_self;
     uint64_t removed_at_ms;
     int removed;
@@ -467,14 +477,76 @@ int ballast_route(ballast_server *b, rpc_call *call, const char *method, rpc_una
 
 static const char ERR_LEARNER[] = "etcdserver: rpc not supported for learner";
 
-int cluster_refuse_stream(ballast_server *b, rpc_stream *st)
+int cluster_stream_open(ballast_server *b, rpc_stream *st)
 {
     raft_node_status ns;
     raft_node_get_status(b->node, &ns);
-    if (!ns.is_learner)
+    if (ns.is_learner) {
+        rpc_stream_finish(st, GRPC_STATUS_UNAVAILABLE, ERR_LEARNER);
+        return 1;
+    }
+    if (!rpc_stream_has_metadata(st, "hasleader", "true"))
         return 0;
-    rpc_stream_finish(st, GRPC_STATUS_UNAVAILABLE, ERR_LEARNER);
-    return 1;
+    if (ns.leader_id == 0) {
+        rpc_stream_finish(st, GRPC_STATUS_UNAVAILABLE, ERR_NO_LEADER);
+        return 1;
+    }
+    struct cluster_state *c = b->cluster;
+    leader_stream *ls = malloc(sizeof *ls);
+    if (!ls) {
+        rpc_stream_finish(st, GRPC_STATUS_RESOURCE_EXHAUSTED, "etcdserver: out of memory");
+        return 1;
+    }
+    rpc_stream_ref(st);
+    ls->st = st;
+    pthread_mutex_lock(&c->mu);
+    ls->next = c->leader_streams;
+    c->leader_streams = ls;
+    pthread_mutex_unlock(&c->mu);
+    return 0;
+}
+
+void cluster_stream_done(ballast_server *b, rpc_stream *st)
+{
+    struct cluster_state *c = b->cluster;
+    leader_stream *found = NULL;
+    pthread_mutex_lock(&c->mu);
+    for (leader_stream **p = &c->leader_streams; *p; p = &(*p)->next) {
+        if ((*p)->st == st) {
+            found = *p;
+            *p = found->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&c->mu);
+    if (found) {
+        rpc_stream_release(st);
+        free(found);
+    }
+}
+
+/* Ends the streams that require a leader once none has been known for 3
+ * election timeouts (etcd is slower to end streams than to refuse calls). */
+static void monitor_leader(ballast_server *b, const raft_node_status *st, uint64_t now)
+{
+    struct cluster_state *c = b->cluster;
+    if (now < c->next_leader_check_ms)
+        return;
+    c->next_leader_check_ms = now + b->cfg->election_timeout_ms;
+    c->no_leader_checks = st->leader_id ? 0 : c->no_leader_checks + 1;
+    if (c->no_leader_checks < 3)
+        return;
+    pthread_mutex_lock(&c->mu);
+    leader_stream *list = c->leader_streams;
+    c->leader_streams = NULL;
+    pthread_mutex_unlock(&c->mu);
+    while (list) {
+        leader_stream *ls = list;
+        list = ls->next;
+        rpc_stream_finish(ls->st, GRPC_STATUS_UNAVAILABLE, ERR_NO_LEADER);
+        rpc_stream_release(ls->st);
+        free(ls);
+    }
 }
 
 int cluster_admit(rpc_call *call, const char *method, const uint8_t *req, size_t len, void *arg)
@@ -494,7 +566,7 @@ int cluster_admit(rpc_call *call, const char *method, const uint8_t *req, size_t
     }
     /* clientv3.WithRequireLeader: fail at once while no leader is known */
     if (st.leader_id == 0 && rpc_call_has_metadata(call, "hasleader", "true")) {
-        rpc_fail(call, GRPC_STATUS_UNAVAILABLE, "etcdserver: no leader");
+        rpc_fail(call, GRPC_STATUS_UNAVAILABLE, ERR_NO_LEADER);
         return 1;
     }
     return 0;
@@ -757,6 +829,7 @@ static void *cluster_main(void *arg)
         raft_node_get_status(b->node, &st);
         uint64_t now = now_ms();
         retry_parked(b, &st);
+        monitor_leader(b, &st, now);
         Ballastpb__Member **members;
         size_t n_members;
         if (mvcc_members(b->store, &members, &n_members) == 0) {
@@ -821,6 +894,16 @@ void cluster_stop_calls(ballast_server *b)
         list = p->next;
         rpc_fail(p->call, GRPC_STATUS_UNAVAILABLE, "etcdserver: server stopped");
         free(p);
+    }
+    pthread_mutex_lock(&c->mu);
+    leader_stream *streams = c->leader_streams;
+    c->leader_streams = NULL;
+    pthread_mutex_unlock(&c->mu);
+    while (streams) {
+        leader_stream *ls = streams;
+        streams = ls->next;
+        rpc_stream_release(ls->st);
+        free(ls);
     }
     peer_client_shutdown(b->peers);
 }

@@ -272,7 +272,7 @@ size_t lease_service_methods(ballast_server *b, rpc_method *out)
 
 static void keepalive_open(rpc_stream *st, void *arg)
 {
-    cluster_refuse_stream(arg, st);
+    cluster_stream_open(arg, st);
 }
 
 /* The leader's answer to one keep-alive request: the encoded response in
@@ -371,7 +371,7 @@ static void keepalive_recv_end(rpc_stream *st, void *arg)
 static void keepalive_done(rpc_stream *st, int cancelled, void *arg)
 {
     (void)cancelled;
-    (void)arg;
+    cluster_stream_done(arg, st);
     rpc_stream_release(st);
 }
 

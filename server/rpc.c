@@ -158,13 +158,18 @@ void rpc_fail(rpc_call *c, grpc_status_code code, const char *message)
     send_reply(c, code, message);
 }
 
-int rpc_call_has_metadata(rpc_call *c, const char *key, const char *value)
+static int has_metadata(const grpc_metadata_array *md, const char *key, const char *value)
 {
-    for (size_t i = 0; i < c->md.count; i++)
-        if (grpc_slice_str_cmp(c->md.metadata[i].key, key) == 0 &&
-            grpc_slice_str_cmp(c->md.metadata[i].value, value) == 0)
+    for (size_t i = 0; i < md->count; i++)
+        if (grpc_slice_str_cmp(md->metadata[i].key, key) == 0 &&
+            grpc_slice_str_cmp(md->metadata[i].value, value) == 0)
             return 1;
     return 0;
+}
+
+int rpc_call_has_metadata(rpc_call *c, const char *key, const char *value)
+{
+    return has_metadata(&c->md, key, value);
 }
 
 uint64_t rpc_call_age_ms(rpc_call *c)
@@ -472,6 +477,11 @@ void rpc_stream_set_data(rpc_stream *st, void *data)
 void *rpc_stream_data(rpc_stream *st)
 {
     return st->data;
+}
+
+int rpc_stream_has_metadata(rpc_stream *st, const char *key, const char *value)
+{
+    return has_metadata(&st->md, key, value);
 }
 
 void rpc_stream_ref(rpc_stream *st)

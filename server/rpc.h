@@ -57,6 +57,8 @@ size_t rpc_stream_backlog(rpc_stream *s);
 void rpc_stream_finish(rpc_stream *s, grpc_status_code code, const char *message);
 void rpc_stream_set_data(rpc_stream *s, void *data);
 void *rpc_stream_data(rpc_stream *s);
+/* True when the stream's request carries metadata `key` = `value`. */
+int rpc_stream_has_metadata(rpc_stream *s, const char *key, const char *value);
 /* Takes one more reference (e.g. for an answer that will be sent later);
  * each reference is given back with rpc_stream_release. */
 void rpc_stream_ref(rpc_stream *s);

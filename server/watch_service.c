@@ -25,7 +25,7 @@ static const watch_stream_ops hub_ops = {stream_send, stream_backlog, stream_rel
 static void watch_open(rpc_stream *st, void *arg)
 {
     ballast_server *b = arg;
-    if (cluster_refuse_stream(b, st))
+    if (cluster_stream_open(b, st))
         return;
     watch_stream *ws = watch_stream_open(b->watch, &hub_ops, st);
     if (!ws) {
@@ -63,7 +63,7 @@ static void watch_recv_end(rpc_stream *st, void *arg)
 static void watch_done(rpc_stream *st, int cancelled, void *arg)
 {
     (void)cancelled;
-    (void)arg;
+    cluster_stream_done(arg, st);
     watch_stream *ws = rpc_stream_data(st);
     if (ws)
         watch_stream_close(ws); /* the hub releases st when it has let go */
