@@ -1053,7 +1053,16 @@ int raft_node_start(const raft_node_config *cfg, raft_node **out, char **errmsg)
             return fail_start(errmsg, "raft bootstrap: %s", raft_errmsg(&n->raft));
     }
     raft_set_heartbeat_timeout(&n->raft, cfg->heartbeat_ms);
-    raft_set_election_timeout(&n->raft, cfg->election_ms);
+    /* c-raft draws each follower's timeout from [T, 2T] and a follower
+     * refuses votes until its own timer runs out, so a cluster elects at the
+     * later of its followers' timers: about 1.7 T, 2 T and more at worst. etcd
+     * stops refusing after the base timeout and elects in about 1-1.3 T
+     * (measured). c-raft gets 60% of --election-timeout, which puts the
+     * election in [0.6 T, 1.2 T] like etcd's; never under 3 heartbeats. */
+    unsigned election = cfg->election_ms * 3 / 5;
+    if (election < 3 * cfg->heartbeat_ms)
+        election = 3 * cfg->heartbeat_ms;
+    raft_set_election_timeout(&n->raft, election);
     raft_set_pre_vote(&n->raft, true);
     /* A snapshot only syncs RocksDB (the store is the snapshot), so it is
      * cheap; c-raft keeps every entry since the last snapshot in memory, so
