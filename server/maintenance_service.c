@@ -43,23 +43,6 @@ struct maintenance {
     uint64_t alarm_at_ms;
 };
 
-static int buf_put_bytes(mvcc_buf *b, const void *p, size_t n)
-{
-    if (b->len + n > b->cap) {
-        size_t cap = b->cap ? b->cap : 1024;
-        while (cap < b->len + n)
-            cap *= 2;
-        uint8_t *d = realloc(b->data, cap);
-        if (!d)
-            return -1;
-        b->data = d;
-        b->cap = cap;
-    }
-    memcpy(b->data + b->len, p, n);
-    b->len += n;
-    return 0;
-}
-
 static uint64_t now_ms(void)
 {
     struct timespec ts;
@@ -527,7 +510,7 @@ static void *snap_main(void *arg)
             /* the last blob: pad the whole stream to a multiple of 512 */
             size_t pad = (size_t)((SNAPSHOT_ALIGN - (sent + cur.len) % SNAPSHOT_ALIGN) % SNAPSHOT_ALIGN);
             static const uint8_t zeros[SNAPSHOT_ALIGN];
-            if (pad && buf_put_bytes(&cur, zeros, pad)) {
+            if (pad && mvcc_buf_put(&cur, zeros, pad)) {
                 error = ERR_NOMEM;
                 goto out;
             }

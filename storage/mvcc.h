@@ -51,6 +51,10 @@ typedef struct mvcc_buf {
     size_t cap;
 } mvcc_buf;
 
+/* Appends n bytes to the buffer (grown as needed). Returns 0, or -1 when
+ * out of memory. */
+int mvcc_buf_put(mvcc_buf *b, const void *p, size_t n);
+
 /* The outcome of one request. When status == MVCC_STATUS_OK the encoded
  * response message (PutResponse, RangeResponse, ...) is the `len` bytes at
  * buf->data + off of the mvcc_buf passed to the call. Otherwise `message` is

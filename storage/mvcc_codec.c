@@ -36,6 +36,11 @@ int buf_put(mvcc_buf *b, const void *p, size_t n)
     return 0;
 }
 
+int mvcc_buf_put(mvcc_buf *b, const void *p, size_t n)
+{
+    return buf_put(b, p, n);
+}
+
 static size_t varint_write(uint8_t *p, uint64_t v)
 {
     size_t i = 0;

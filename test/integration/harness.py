@@ -30,6 +30,7 @@ thread that started it if the test itself is killed (ctest timeout).
 import atexit
 import difflib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -569,6 +570,25 @@ def _strip_ids(message):
                 _strip_ids(item)
         else:
             _strip_ids(value)
+
+
+# What differs between two servers in etcdctl's output by nature: member and
+# cluster IDs, terms (json and fields output), log timestamps, client ids,
+# endpoints.
+ETCDCTL_MASKS = [
+    (re.compile(r'"(cluster_id|member_id|raft_term)":\d+'), r'"\1":<masked>'),
+    (re.compile(r'"(ClusterID|MemberID|RaftTerm)" : \d+'), r'"\1" : <masked>'),
+    (re.compile(r'"ts":"[^"]*"'), '"ts":<masked>'),
+    (re.compile(r"client-[0-9a-f-]{36}"), "client-<masked>"),
+    (re.compile(r"127\.0\.0\.1:\d+"), "<endpoint>"),
+]
+
+
+def mask_etcdctl(text):
+    """etcdctl output with ETCDCTL_MASKS applied."""
+    for pattern, replacement in ETCDCTL_MASKS:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 def prefix_end(prefix):

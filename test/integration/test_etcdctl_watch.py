@@ -29,7 +29,6 @@ etcdctl's client-side warnings, the timestamp, client UUID and address.
 
 import base64
 import os
-import re
 import time
 
 import harness
@@ -157,19 +156,7 @@ def phases():
     ]
 
 
-MASKS = [
-    (re.compile(r'"(cluster_id|member_id|raft_term)":\d+'), r'"\1":<masked>'),
-    (re.compile(r'"(ClusterID|MemberID|RaftTerm)" : \d+'), r'"\1" : <masked>'),
-    (re.compile(r'"ts":"[^"]*"'), '"ts":<masked>'),
-    (re.compile(r"client-[0-9a-f-]{36}"), "client-<masked>"),
-    (re.compile(r"127\.0\.0\.1:\d+"), "<endpoint>"),
-]
-
-
-def normalise(text):
-    for pattern, replacement in MASKS:
-        text = pattern.sub(replacement, text)
-    return text
+normalise = harness.mask_etcdctl
 
 
 def write(server, args, stdin):

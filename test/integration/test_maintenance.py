@@ -23,18 +23,7 @@ import grpc
 import harness
 from harness import Failures, check, rpc_pb2
 
-MASKS = [
-    (re.compile(r'"(cluster_id|member_id|raft_term)":\d+'), r'"\1":<masked>'),
-    (re.compile(r'"ts":"[^"]*"'), '"ts":<masked>'),
-    (re.compile(r"client-[0-9a-f-]{36}"), "client-<masked>"),
-    (re.compile(r"127\.0\.0\.1:\d+"), "<endpoint>"),
-]
-
-
-def normalise(text):
-    for pattern, replacement in MASKS:
-        text = pattern.sub(replacement, text)
-    return text
+normalise = harness.mask_etcdctl
 
 
 def txn_stdin(compares, success, failure):

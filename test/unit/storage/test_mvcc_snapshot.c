@@ -17,24 +17,6 @@
 #define ERR_NO_SPACE "etcdserver: mvcc: database space exceeded"
 #define ERR_CORRUPT "etcdserver: corrupt cluster"
 
-static int buf_put_test(mvcc_buf *b, const void *p, size_t n)
-{
-    if (b->len + n > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n)
-            cap *= 2;
-        uint8_t *d = realloc(b->data, cap);
-        if (!d)
-            return -1;
-        b->data = d;
-        b->cap = cap;
-    }
-    if (n)
-        memcpy(b->data + b->len, p, n);
-    b->len += n;
-    return 0;
-}
-
 /* After a load the store's applied index is the dump's: entries go on
  * after it. */
 static void t_index_follow(tstore *t)
@@ -134,22 +116,22 @@ typedef struct acc {
 static void acc_lease(void *arg, int64_t id, int64_t ttl)
 {
     acc *a = arg;
-    CHECK(buf_put_test(&a->b, &id, sizeof id) == 0);
-    CHECK(buf_put_test(&a->b, &ttl, sizeof ttl) == 0);
+    CHECK(mvcc_buf_put(&a->b, &id, sizeof id) == 0);
+    CHECK(mvcc_buf_put(&a->b, &ttl, sizeof ttl) == 0);
 }
 
 static void acc_key(void *arg, const uint8_t *key, size_t len)
 {
     acc *a = arg;
-    CHECK(buf_put_test(&a->b, key, len) == 0);
+    CHECK(mvcc_buf_put(&a->b, key, len) == 0);
 }
 
 static void acc_event(void *arg, const mvcc_event *ev, size_t n)
 {
     acc *a = arg;
     for (size_t i = 0; i < n; i++) {
-        CHECK(buf_put_test(&a->b, &ev[i].type, sizeof ev[i].type) == 0);
-        CHECK(buf_put_test(&a->b, ev[i].kv, ev[i].kv_len) == 0);
+        CHECK(mvcc_buf_put(&a->b, &ev[i].type, sizeof ev[i].type) == 0);
+        CHECK(mvcc_buf_put(&a->b, ev[i].kv, ev[i].kv_len) == 0);
     }
 }
 
@@ -170,12 +152,12 @@ static void describe(tstore *t, mvcc_buf *out)
     acc a = {{0}};
     int64_t rev = mvcc_current_revision(t->m), compact = mvcc_compact_revision(t->m);
     int64_t nums[3] = {rev, compact, (int64_t)mvcc_applied_index(t->m)};
-    CHECK(buf_put_test(&a.b, nums, sizeof nums) == 0);
+    CHECK(mvcc_buf_put(&a.b, nums, sizeof nums) == 0);
     for (int64_t r = compact; r <= rev; r += 7) {
         Etcdserverpb__RangeResponse *rr = ts_range(t, "", "", r);
         uint8_t *p = malloc(etcdserverpb__range_response__get_packed_size(rr) + 1);
         size_t n = etcdserverpb__range_response__pack(rr, p);
-        CHECK(buf_put_test(&a.b, p, n) == 0);
+        CHECK(mvcc_buf_put(&a.b, p, n) == 0);
         free(p);
         etcdserverpb__range_response__free_unpacked(rr, NULL);
     }
@@ -192,15 +174,15 @@ static void describe(tstore *t, mvcc_buf *out)
     CHECK(mvcc_alarm_list(t->m, MVCC_ALARM_NONE, &al, &nal) == 0);
     for (size_t i = 0; i < nal; i++) {
         int64_t f[2] = {(int64_t)al[i].member_id, al[i].alarm};
-        CHECK(buf_put_test(&a.b, f, sizeof f) == 0);
+        CHECK(mvcc_buf_put(&a.b, f, sizeof f) == 0);
     }
     free(al);
     uint32_t hash;
     int64_t hrev, crev;
     CHECK(mvcc_hash(t->m, &hash, &hrev) == 0);
-    CHECK(buf_put_test(&a.b, &hash, sizeof hash) == 0);
+    CHECK(mvcc_buf_put(&a.b, &hash, sizeof hash) == 0);
     CHECK_EQ_INT(mvcc_hash_kv(t->m, 0, &hash, &crev, &hrev), MVCC_HASH_OK);
-    CHECK(buf_put_test(&a.b, &hash, sizeof hash) == 0);
+    CHECK(mvcc_buf_put(&a.b, &hash, sizeof hash) == 0);
     *out = a.b;
 }
 
@@ -252,11 +234,11 @@ static void add_sha_tail(mvcc_buf *b)
 {
     size_t pad = (512 - b->len % 512) % 512;
     uint8_t zero[512] = {0};
-    CHECK(buf_put_test(b, zero, pad) == 0);
+    CHECK(mvcc_buf_put(b, zero, pad) == 0);
     uint8_t md[EVP_MAX_MD_SIZE];
     unsigned len = 0;
     CHECK(EVP_Digest(b->data, b->len, md, &len, EVP_sha256(), NULL) == 1);
-    CHECK(buf_put_test(b, md, len) == 0);
+    CHECK(mvcc_buf_put(b, md, len) == 0);
 }
 
 static void test_dump_load(void)
@@ -357,8 +339,8 @@ static void test_bad_streams(void)
     }
     /* junk after the end, a bad digest */
     mvcc_buf t = {0};
-    CHECK(buf_put_test(&t, s.data, s.len) == 0);
-    CHECK(buf_put_test(&t, "x", 1) == 0);
+    CHECK(mvcc_buf_put(&t, s.data, s.len) == 0);
+    CHECK(mvcc_buf_put(&t, "x", 1) == 0);
     CHECK(load_all(b.m, t.data, t.len, 3) != 0);
     t.len = s.len;
     add_sha_tail(&t);
