@@ -1,4 +1,5 @@
 #include "raft_node.h"
+#include "peer_transport.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -21,6 +22,10 @@
 #define SNAPSHOT_MAGIC 0x31504e5354534c42ull /* "BLSTSNP1": applied index */
 #define SNAPSHOT_MAGIC2 0x32504e5354534c42ull /* "BLSTSNP2": + members' client URLs */
 #define SNAPSHOT_MAX_URLS 64
+/* unclog_peers: bytes stuck in a follower's connection, and the least time
+ * between two resets of it. */
+#define UNCLOG_MIN_BYTES (256u * 1024u)
+#define UNCLOG_INTERVAL_MS 5000u
 
 static const char ERR_NO_LEADER[] = "etcdserver: no leader";
 static const char ERR_LEADER_CHANGED[] = "etcdserver: leader changed";
@@ -71,7 +76,8 @@ typedef struct node_cmd {
 
 typedef struct progress_item {
     uint64_t id, match;
-    uint64_t last_seen; /* ms, now_ms(): when the leader last heard from it */
+    uint64_t last_seen;  /* ms, now_ms(): when the leader last heard from it */
+    uint64_t last_reset; /* ms: when its connection was last reset (unclog_peers) */
 } progress_item;
 
 struct raft_node {
@@ -86,7 +92,7 @@ struct raft_node {
     uv_poll_t batch_poll;
     int batch_timerfd;
     uint64_t batch_deadline_us;
-    struct raft_uv_transport transport;
+    peer_transport transport;
     struct raft_io io;
     struct raft_fsm fsm;
     struct raft raft;
@@ -836,13 +842,16 @@ static void publish_status(raft_node *n)
         n->n_progress = cnt <= n->progress_cap ? cnt : 0;
         for (size_t i = 0; i < n->n_progress; i++) {
             uint64_t id = n->raft.configuration.servers[i].id;
-            uint64_t seen = 0;
+            uint64_t seen = 0, reset = 0;
             for (size_t j = 0; j < had; j++)
-                if (n->progress[j].id == id)
+                if (n->progress[j].id == id) {
                     seen = n->progress[j].last_seen;
+                    reset = n->progress[j].last_reset;
+                }
             if (id == n->cfg.id || n->raft.leader_state.progress[i].recent_recv)
                 seen = now;
-            n->progress[i] = (progress_item){id, n->raft.leader_state.progress[i].match_index, seen};
+            n->progress[i] =
+                (progress_item){id, n->raft.leader_state.progress[i].match_index, seen, reset};
         }
         pthread_mutex_unlock(&n->mu);
     }
@@ -854,7 +863,7 @@ static void close_cb(struct raft *r)
 {
     raft_node *n = r->data;
     raft_uv_close(&n->io);
-    raft_uv_tcp_close(&n->transport);
+    peer_transport_release(&n->transport);
     uv_close((uv_handle_t *)&n->wake, NULL);
     uv_close((uv_handle_t *)&n->check, NULL);
     uv_close((uv_handle_t *)&n->tick, NULL);
@@ -917,6 +926,44 @@ static void on_batch_timer(uv_poll_t *h, int status, int events)
     pump_batches(n);
 }
 
+/* A follower that does not read its raft connection (stopped, hung) while the
+ * log moves on: c-raft keeps pipelining entries into that connection, and
+ * keeps each in memory until the write completes, even once the log has been
+ * trimmed past them; it never sends the snapshot the follower needs. When
+ * the follower has been silent for two election timeouts, needs entries the
+ * log no longer holds, and the connection is clogged, the connection is
+ * reset: the sends fail, c-raft frees them, probes the follower again and,
+ * the entries being gone, sends it a snapshot. At most once per
+ * UNCLOG_INTERVAL_MS per follower. */
+static void unclog_peers(raft_node *n, uint64_t now)
+{
+    if (n->raft.state != RAFT_LEADER || !n->raft.leader_state.progress)
+        return;
+    raft_index log_offset = n->raft.log.offset; /* entries after it are in the log */
+    uint64_t silent_ms = 2u * (uint64_t)n->cfg.election_ms;
+    pthread_mutex_lock(&n->mu);
+    for (size_t i = 0; i < n->n_progress && i < n->raft.configuration.n; i++) {
+        progress_item *p = &n->progress[i];
+        if (p->id == n->cfg.id || p->id != n->raft.configuration.servers[i].id)
+            continue;
+        raft_index match = n->raft.leader_state.progress[i].match_index;
+        if (match >= log_offset || now - p->last_seen < silent_ms ||
+            now - p->last_reset < UNCLOG_INTERVAL_MS)
+            continue;
+        size_t unacked = peer_transport_unacked(&n->transport, p->id);
+        if (unacked < UNCLOG_MIN_BYTES)
+            continue;
+        p->last_reset = now;
+        if (peer_transport_abort(&n->transport, p->id))
+            logf_("warn", "member %llx has not read its raft connection for %llu ms (%zu bytes "
+                  "unacknowledged) and needs entries from %llu, which the log (from %llu) no "
+                  "longer has: connection reset, it will be sent a snapshot",
+                  (unsigned long long)p->id, (unsigned long long)(now - p->last_seen), unacked,
+                  (unsigned long long)match + 1, (unsigned long long)log_offset + 1);
+    }
+    pthread_mutex_unlock(&n->mu);
+}
+
 static void on_tick(uv_timer_t *h)
 {
     raft_node *n = h->data;
@@ -944,6 +991,7 @@ static void on_tick(uv_timer_t *h)
     pump_reads(n);
     reconcile_members(n);
     publish_status(n);
+    unclog_peers(n, now);
 }
 
 static void *loop_main(void *arg)
@@ -1014,16 +1062,11 @@ int raft_node_start(const raft_node_config *cfg, raft_node **out, char **errmsg)
     int rv = uv_loop_init(&n->loop);
     if (rv != 0)
         return fail_start(errmsg, "uv_loop_init: %s", uv_strerror(rv));
-    rv = raft_uv_tcp_init(&n->transport, &n->loop);
+    rv = peer_transport_init(&n->transport, &n->loop, cfg->bind_address);
     if (rv != 0)
-        return fail_start(errmsg, "raft transport: %s", raft_strerror(rv));
-    if (cfg->bind_address) {
-        rv = raft_uv_tcp_set_bind_address(&n->transport, cfg->bind_address);
-        if (rv != 0)
-            return fail_start(errmsg, "raft transport cannot bind %s: %s", cfg->bind_address,
-                              raft_strerror(rv));
-    }
-    rv = raft_uv_init(&n->io, &n->loop, n->dir, &n->transport);
+        return fail_start(errmsg, "raft transport%s%s: %s", cfg->bind_address ? " on " : "",
+                          cfg->bind_address ? cfg->bind_address : "", raft_strerror(rv));
+    rv = raft_uv_init(&n->io, &n->loop, n->dir, peer_transport_raft(&n->transport));
     if (rv != 0)
         return fail_start(errmsg, "raft log in %s: %s", n->dir, raft_strerror(rv));
     n->fsm.version = 1;

@@ -28,6 +28,7 @@ thread that started it if the test itself is killed (ctest timeout).
 """
 
 import atexit
+import contextlib
 import difflib
 import os
 import re
@@ -155,6 +156,10 @@ def cleanup():
             stop_process(proc, timeout=5)
         except Exception as exc:  # keep cleaning the rest
             print("cleanup: could not stop pid %d: %s" % (proc.pid, exc), file=sys.stderr)
+    if os.environ.get("BALLAST_TEST_KEEP"):     # for a post-mortem: data and logs stay
+        for path in dirs:
+            print("kept %s" % path, file=sys.stderr)
+        return
     for path in dirs:
         shutil.rmtree(path, ignore_errors=True)
 
@@ -433,8 +438,9 @@ class Server:
                 time.sleep(0.05)
                 continue
             try:
-                self.kv().Range(rpc_pb2.RangeRequest(key=b"health", serializable=serializable),
-                                timeout=1.0)
+                with self.fresh_channel_if_unavailable():
+                    self.kv().Range(rpc_pb2.RangeRequest(key=b"health",
+                                                         serializable=serializable), timeout=1.0)
                 if self.proc.poll() is None:
                     return
             except grpc.RpcError as exc:
@@ -515,6 +521,18 @@ class Server:
     def new_channel(self):
         """A channel of its own (the caller closes it)."""
         return grpc.insecure_channel(self.endpoint, options=CHANNEL_OPTIONS)
+
+    @contextlib.contextmanager
+    def fresh_channel_if_unavailable(self):
+        """A channel that once failed to connect (the member was restarting)
+        was seen to stay in failure for 5-10 s after the member listened, in
+        python3-grpcio: after UNAVAILABLE, the next call gets a new channel."""
+        try:
+            yield
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                self._close_channel()
+            raise
 
     def _close_channel(self):
         if self._channel is not None:
@@ -809,14 +827,16 @@ class Member(Server):
 
     def status(self, timeout=5.0):
         """Maintenance.Status; remembers the member ID of its header."""
-        resp = self.maintenance().Status(rpc_pb2.StatusRequest(), timeout=timeout)
+        with self.fresh_channel_if_unavailable():
+            resp = self.maintenance().Status(rpc_pb2.StatusRequest(), timeout=timeout)
         self.member_id = resp.header.member_id
         return resp
 
     def get(self, key, serializable=False, timeout=10.0):
         """The KeyValue of `key` (None if absent) and the header revision."""
-        resp = self.kv().Range(rpc_pb2.RangeRequest(key=key, serializable=serializable),
-                               timeout=timeout)
+        with self.fresh_channel_if_unavailable():
+            resp = self.kv().Range(rpc_pb2.RangeRequest(key=key, serializable=serializable),
+                                   timeout=timeout)
         return (resp.kvs[0] if resp.kvs else None), resp.header.revision
 
     def __str__(self):
