@@ -22,10 +22,14 @@
 #define SNAPSHOT_MAGIC 0x31504e5354534c42ull /* "BLSTSNP1": applied index */
 #define SNAPSHOT_MAGIC2 0x32504e5354534c42ull /* "BLSTSNP2": + members' client URLs */
 #define SNAPSHOT_MAX_URLS 64
-/* unclog_peers: bytes stuck in a follower's connection, and the least time
- * between two resets of it. */
+/* help_lagging_peers: bytes stuck in a follower's connection; how long its
+ * match index may stand still while it rejects probes; the least time between
+ * two interventions for one follower. */
 #define UNCLOG_MIN_BYTES (256u * 1024u)
+#define PROBE_STALL_MS 1000u
 #define UNCLOG_INTERVAL_MS 5000u
+/* c-raft's progress states (src/progress.h; not in its public header). */
+#define CRAFT_PROGRESS_PROBE 0
 
 static const char ERR_NO_LEADER[] = "etcdserver: no leader";
 static const char ERR_LEADER_CHANGED[] = "etcdserver: leader changed";
@@ -77,7 +81,8 @@ typedef struct node_cmd {
 typedef struct progress_item {
     uint64_t id, match;
     uint64_t last_seen;  /* ms, now_ms(): when the leader last heard from it */
-    uint64_t last_reset; /* ms: when its connection was last reset (unclog_peers) */
+    uint64_t last_reset; /* ms: when its connection was last reset (help_lagging_peers) */
+    uint64_t match_moved; /* ms: when its match index last changed */
 } progress_item;
 
 struct raft_node {
@@ -842,16 +847,18 @@ static void publish_status(raft_node *n)
         n->n_progress = cnt <= n->progress_cap ? cnt : 0;
         for (size_t i = 0; i < n->n_progress; i++) {
             uint64_t id = n->raft.configuration.servers[i].id;
-            uint64_t seen = 0, reset = 0;
+            uint64_t match = n->raft.leader_state.progress[i].match_index;
+            uint64_t seen = 0, reset = 0, moved = now;
             for (size_t j = 0; j < had; j++)
                 if (n->progress[j].id == id) {
                     seen = n->progress[j].last_seen;
                     reset = n->progress[j].last_reset;
+                    if (n->progress[j].match == match)
+                        moved = n->progress[j].match_moved;
                 }
             if (id == n->cfg.id || n->raft.leader_state.progress[i].recent_recv)
                 seen = now;
-            n->progress[i] =
-                (progress_item){id, n->raft.leader_state.progress[i].match_index, seen, reset};
+            n->progress[i] = (progress_item){id, match, seen, reset, moved};
         }
         pthread_mutex_unlock(&n->mu);
     }
@@ -926,16 +933,29 @@ static void on_batch_timer(uv_poll_t *h, int status, int events)
     pump_batches(n);
 }
 
-/* A follower that does not read its raft connection (stopped, hung) while the
- * log moves on: c-raft keeps pipelining entries into that connection, and
- * keeps each in memory until the write completes, even once the log has been
- * trimmed past them; it never sends the snapshot the follower needs. When
- * the follower has been silent for two election timeouts, needs entries the
- * log no longer holds, and the connection is clogged, the connection is
- * reset: the sends fail, c-raft frees them, probes the follower again and,
- * the entries being gone, sends it a snapshot. At most once per
- * UNCLOG_INTERVAL_MS per follower. */
-static void unclog_peers(raft_node *n, uint64_t now)
+/* Two ways c-raft 0.15 leaves a follower behind for a long time; the leader's
+ * raft thread checks for both on every tick.
+ *
+ * 1. A follower that does not read its raft connection (stopped, hung) while
+ *    the log moves on: c-raft keeps pipelining entries into that connection,
+ *    and keeps each in memory until the write completes, even once the log
+ *    has been trimmed past them; it never sends the snapshot the follower
+ *    needs. When the follower has been silent for two election timeouts,
+ *    needs entries the log no longer holds, and the connection is clogged,
+ *    the connection is reset: the sends fail, c-raft frees them, probes the
+ *    follower again and, the entries being gone, sends it a snapshot.
+ *
+ * 2. A follower that answers but keeps rejecting the leader's probes (seen
+ *    after a restart that interrupted the install of a snapshot): c-raft
+ *    steps its next index back one entry per heartbeat, up to a minute for
+ *    a log of 640 entries. When the match index has not moved for
+ *    PROBE_STALL_MS while the follower answers, the probe restarts from the
+ *    entry after the match index, the last one known to agree (where
+ *    c-raft's own probing would end up); if that entry is gone from the log,
+ *    c-raft sends a snapshot.
+ *
+ * Each at most once per UNCLOG_INTERVAL_MS per follower. */
+static void help_lagging_peers(raft_node *n, uint64_t now)
 {
     if (n->raft.state != RAFT_LEADER || !n->raft.leader_state.progress)
         return;
@@ -944,11 +964,26 @@ static void unclog_peers(raft_node *n, uint64_t now)
     pthread_mutex_lock(&n->mu);
     for (size_t i = 0; i < n->n_progress && i < n->raft.configuration.n; i++) {
         progress_item *p = &n->progress[i];
-        if (p->id == n->cfg.id || p->id != n->raft.configuration.servers[i].id)
-            continue;
-        raft_index match = n->raft.leader_state.progress[i].match_index;
-        if (match >= log_offset || now - p->last_seen < silent_ms ||
+        if (p->id == n->cfg.id || p->id != n->raft.configuration.servers[i].id ||
             now - p->last_reset < UNCLOG_INTERVAL_MS)
+            continue;
+        struct raft_progress *rp = &n->raft.leader_state.progress[i];
+        raft_index match = rp->match_index;
+        if (rp->state == CRAFT_PROGRESS_PROBE && rp->recent_recv &&
+            rp->next_index > match + 1 && now - p->match_moved >= PROBE_STALL_MS) {
+            logf_("info", "member %llx answers but its match index has not moved for %llu ms "
+                  "(next index %llu, match %llu): probing again from %llu%s",
+                  (unsigned long long)p->id,
+                  (unsigned long long)(now - p->match_moved),
+                  (unsigned long long)rp->next_index, (unsigned long long)match,
+                  (unsigned long long)match + 1,
+                  match < log_offset ? ", which the log no longer has: it will be sent a "
+                                       "snapshot" : "");
+            rp->next_index = match + 1;
+            p->last_reset = now;
+            continue;
+        }
+        if (match >= log_offset || now - p->last_seen < silent_ms)
             continue;
         size_t unacked = peer_transport_unacked(&n->transport, p->id);
         if (unacked < UNCLOG_MIN_BYTES)
@@ -991,7 +1026,7 @@ static void on_tick(uv_timer_t *h)
     pump_reads(n);
     reconcile_members(n);
     publish_status(n);
-    unclog_peers(n, now);
+    help_lagging_peers(n, now);
 }
 
 static void *loop_main(void *arg)
