@@ -188,6 +188,8 @@ int mvcc_open(const char *dir, mvcc **out, char **errmsg)
     rocksdb_writeoptions_set_sync(m->wo, 0);
     m->ro_plain = rocksdb_readoptions_create();
     m->wb = rocksdb_writebatch_wi_create(1 << 16, 1);
+    if (cache_init(&m->cur) != 0)
+        cache_free(&m->cur); /* no cache: every read goes to the store */
 
     char *err = NULL;
     m->db = rocksdb_open_column_families(m->db_opts, dir, CF_COUNT, cf_names,
@@ -232,6 +234,7 @@ void mvcc_close(mvcc *m)
     }
     if (m->wb)
         rocksdb_writebatch_wi_destroy(m->wb);
+    cache_free(&m->cur);
     if (m->wo)
         rocksdb_writeoptions_destroy(m->wo);
     if (m->ro_plain)

@@ -184,6 +184,8 @@ static int write_put(apply_ctx *c, const kvv *kv, int64_t sub)
                                  (const char *)val->data, val->len);
     rocksdb_writebatch_wi_put_cf(m->wb, m->cf[CF_CURRENT], (const char *)kv->key, kv->key_len,
                                  (const char *)val->data + 1, val->len - 1);
+    if (cache_note(&m->cur, kv->key, kv->key_len, val->data + 1, val->len - 1))
+        return -1;
     if (idxkey_make(key, kv->key, kv->key_len, kv->mod_rev, sub))
         return -1;
     rocksdb_writebatch_wi_put_cf(m->wb, m->cf[CF_INDEX], (const char *)key->data, key->len,
@@ -209,6 +211,8 @@ static int write_tombstone(apply_ctx *c, const uint8_t *k, size_t kl, const uint
     rocksdb_writebatch_wi_put_cf(m->wb, m->cf[CF_REV], (const char *)rk, REVKEY_LEN,
                                  (const char *)val->data, val->len);
     rocksdb_writebatch_wi_delete_cf(m->wb, m->cf[CF_CURRENT], (const char *)k, kl);
+    if (cache_note(&m->cur, k, kl, NULL, 0))
+        return -1;
     if (idxkey_make(key, k, kl, rev, sub))
         return -1;
     rocksdb_writebatch_wi_put_cf(m->wb, m->cf[CF_INDEX], (const char *)key->data, key->len,
@@ -463,8 +467,10 @@ static int do_txn(apply_ctx *c, const Etcdserverpb__TxnRequest *t, bool write, m
     pos = 0;
     size_t start = out->len;
     size_t ev_n = write ? c->m->ev_n : 0, ev_len = write ? c->m->ev_arena.len : 0;
-    if (write)
+    if (write) {
         rocksdb_writebatch_wi_set_save_point(c->m->wb);
+        cache_save_point(&c->m->cur);
+    }
     rc = exec_txn(c, t, &pos, true, out, res);
     if (rc == STEP_CLIENT_ERR && write) {
         /* Only reachable where etcd 3.4 panics (e.g. a "\0" delete removes
@@ -476,6 +482,7 @@ static int do_txn(apply_ctx *c, const Etcdserverpb__TxnRequest *t, bool write, m
             free(err);
             return STEP_STORE_ERR;
         }
+        cache_rollback(&c->m->cur);
         c->changes = 0;
         c->v.rev = c->begin_rev;
         c->m->ev_n = ev_n;
@@ -705,6 +712,7 @@ int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h, Ballastpb__Op *con
         return 0;
     }
     rocksdb_writebatch_wi_clear(m->wb);
+    cache_begin(&m->cur);
     m->alarms_dirty = false;
     m->lease_n = 0;
     m->members_touched = false;
@@ -764,6 +772,7 @@ int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h, Ballastpb__Op *con
         if (rc == STEP_STORE_ERR) {
             out->len = entry_start;
             rocksdb_writebatch_wi_clear(m->wb);
+            cache_begin(&m->cur);
             m->alarms_dirty = false;
             for (size_t j = 0; j < n_ops; j++)
                 result_error(&results[j], MVCC_STATUS_INTERNAL, "etcdserver: storage failure");
@@ -802,6 +811,10 @@ int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h, Ballastpb__Op *con
     m->alarms_dirty = false;
     pthread_mutex_unlock(&m->mu);
     rocksdb_writebatch_wi_clear(m->wb);
+    if (err)
+        cache_begin(&m->cur);
+    else
+        cache_commit(&m->cur);
     if (err) {
         free(err);
         out->len = entry_start;

@@ -143,9 +143,27 @@ int view_point(mvcc_view *v, int cf, const void *key, size_t n, char **val,
                       size_t *vlen)
 {
     char *err = NULL;
+    int cached = 2;
+    if (v->wb && !v->snap && cf == CF_CURRENT) {
+        cached = cache_read(&v->m->cur, key, n, val, vlen);
+        if (cached == 1)
+            return 0;
+        if (cached < 0)
+            return -1;
+    }
     rocksdb_readoptions_t *ro = v->snap ? view_ro(v) : v->m->ro_plain;
     if (!ro)
         return -1;
+    if (cached == 0) {
+        /* not written by the entry being applied: the store alone */
+        *val = rocksdb_get_cf(v->m->db, ro, v->m->cf[cf], key, n, vlen, &err);
+        if (err) {
+            free(err);
+            return -1;
+        }
+        cache_fill(&v->m->cur, key, n, *val, *vlen);
+        return 0;
+    }
     if (v->wb)
         *val = rocksdb_writebatch_wi_get_from_batch_and_db_cf(v->wb, v->m->db, ro, v->m->cf[cf],
                                                               key, n, vlen, &err);

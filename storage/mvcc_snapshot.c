@@ -422,6 +422,7 @@ mvcc_load *mvcc_load_begin(mvcc *m, char **errmsg)
     l->m = m;
     /* New readers wait from now on; the compactor finishes its chunk and
      * pauses, so it never works on half-loaded data. */
+    cache_clear(&m->cur); /* the store is about to be replaced */
     pthread_mutex_lock(&m->mu);
     m->loading = true;
     while (m->compactor_busy)

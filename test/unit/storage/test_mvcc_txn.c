@@ -642,8 +642,76 @@ static void test_reads_see_own_writes(void)
     ts_close(&t);
 }
 
+/* The apply thread's cache of current records (mvcc_cache.c) must follow
+ * every change: writes of later ops in the same entry, txn rollbacks, and
+ * deletes. Each Put's version and create_revision come from the record read. */
+static void test_current_cache(void)
+{
+    tstore t;
+    ts_open(&t);
+    pools_reset();
+    CHECK_EQ_INT(ts_put(&t, "c", "1"), 2); /* version 1 */
+    CHECK_EQ_INT(ts_put(&t, "c", "2"), 3); /* version 2, read from the cache */
+    /* a txn that deletes "c" and then fails is rolled back: "c" lives on */
+    Etcdserverpb__RequestOp *iv = op_put("c", "");
+    iv->request_put->ignore_value = 1;
+    mvcc_result res;
+    CHECK(ts_txn(&t, txn_make(NULL, L(op_del("c", ""), iv), NULL), &res) == NULL);
+    CHECK_EQ_INT(ts_put(&t, "c", "3"), 4);
+    Etcdserverpb__RangeResponse *rr = ts_range(&t, "c", NULL, 0);
+    CHECK_EQ_INT(rr->n_kvs, 1);
+    CHECK_EQ_INT(rr->kvs[0]->version, 3);
+    CHECK_EQ_INT(rr->kvs[0]->create_revision, 2);
+    etcdserverpb__range_response__free_unpacked(rr, NULL);
+    /* one entry: delete "c", then put it again (a new life), then put again */
+    Etcdserverpb__DeleteRangeRequest d = ETCDSERVERPB__DELETE_RANGE_REQUEST__INIT;
+    d.key = bin("c");
+    Etcdserverpb__PutRequest p1 = ETCDSERVERPB__PUT_REQUEST__INIT, p2 = p1;
+    p1.key = p2.key = bin("c");
+    p1.value = bin("4");
+    p2.value = bin("5");
+    Ballastpb__Op o[3];
+    for (int i = 0; i < 3; i++)
+        o[i] = (Ballastpb__Op)BALLASTPB__OP__INIT;
+    o[0].op_case = BALLASTPB__OP__OP_DELETE_RANGE, o[0].delete_range = &d;
+    o[1].op_case = BALLASTPB__OP__OP_PUT, o[1].put = &p1;
+    o[2].op_case = BALLASTPB__OP__OP_PUT, o[2].put = &p2;
+    Ballastpb__Op *ops[3] = {&o[0], &o[1], &o[2]};
+    mvcc_result r3[3];
+    t.out.len = 0;
+    CHECK(mvcc_apply(t.m, ++t.index, &t.h, ops, 3, &t.out, r3) == 0);
+    /* revisions 5 (delete), 6 (create), 7 */
+    rr = ts_range(&t, "c", NULL, 0);
+    CHECK_EQ_INT(rr->n_kvs, 1);
+    CHECK(kv_is(rr->kvs[0], "c", "5"));
+    CHECK_EQ_INT(rr->kvs[0]->version, 2);
+    CHECK_EQ_INT(rr->kvs[0]->create_revision, 6);
+    etcdserverpb__range_response__free_unpacked(rr, NULL);
+    /* and the next entry's Put reads the committed record */
+    CHECK_EQ_INT(ts_put(&t, "c", "6"), 8);
+    rr = ts_range(&t, "c", NULL, 0);
+    CHECK_EQ_INT(rr->kvs[0]->version, 3);
+    CHECK_EQ_INT(rr->kvs[0]->create_revision, 6);
+    etcdserverpb__range_response__free_unpacked(rr, NULL);
+    /* a delete through a range reaches the cache too */
+    CHECK_EQ_INT(ts_del(&t, "c", "d"), 1); /* revision 9 */
+    CHECK_EQ_INT(ts_put(&t, "c", "7"), 10);
+    rr = ts_range(&t, "c", NULL, 0);
+    CHECK_EQ_INT(rr->kvs[0]->version, 1);
+    CHECK_EQ_INT(rr->kvs[0]->create_revision, 10);
+    etcdserverpb__range_response__free_unpacked(rr, NULL);
+    /* and survives a reopen (the cache is memory only) */
+    ts_reopen(&t);
+    CHECK_EQ_INT(ts_put(&t, "c", "8"), 11);
+    rr = ts_range(&t, "c", NULL, 0);
+    CHECK_EQ_INT(rr->kvs[0]->version, 2);
+    etcdserverpb__range_response__free_unpacked(rr, NULL);
+    ts_close(&t);
+}
+
 int main(void)
 {
+    test_current_cache();
     test_reads_see_own_writes();
     test_headers_and_subrevisions();
     test_nested();
