@@ -429,14 +429,22 @@ static void ka_round(client *c)
     Etcdserverpb__LeaseKeepAliveRequest req = ETCDSERVERPB__LEASE_KEEP_ALIVE_REQUEST__INIT;
     req.id = c->lease_id;
     grpc_byte_buffer *send = pack(&req.base);
-    ops[0].op = GRPC_OP_SEND_MESSAGE;
-    ops[0].data.send_message.send_message = send;
-    ops[1].op = GRPC_OP_RECV_MESSAGE;
-    ops[1].data.recv_message.recv_message = &c->recv;
+    grpc_op rops[3];
+    memset(rops, 0, sizeof rops);
+    size_t n = 0;
+    rops[n].op = GRPC_OP_SEND_MESSAGE;
+    rops[n++].data.send_message.send_message = send;
+    if (c->is_read) {
+        rops[n].op = GRPC_OP_RECV_INITIAL_METADATA;
+        rops[n++].data.recv_initial_metadata.recv_initial_metadata = &c->md_init;
+        c->is_read = 0;
+    }
+    rops[n].op = GRPC_OP_RECV_MESSAGE;
+    rops[n++].data.recv_message.recv_message = &c->recv;
     c->recv = NULL;
     c->t.kind = T_KA_ROUND;
     c->started = now_ns();
-    if (grpc_call_start_batch(c->call, ops, 2, &c->t, NULL) != GRPC_CALL_OK)
+    if (grpc_call_start_batch(c->call, rops, n, &c->t, NULL) != GRPC_CALL_OK)
         exit(2);
     grpc_byte_buffer_destroy(send);
 }
@@ -473,13 +481,14 @@ static void ka_event(client *c, int success)
         c->call = new_call(c->ch, w->cq, "/etcdserverpb.Lease/LeaseKeepAlive");
         grpc_metadata_array_init(&c->md_init);
         grpc_metadata_array_init(&c->md_trail);
-        grpc_op ops[2];
-        memset(ops, 0, sizeof ops);
-        ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-        ops[1].op = GRPC_OP_RECV_INITIAL_METADATA;
-        ops[1].data.recv_initial_metadata.recv_initial_metadata = &c->md_init;
+        /* etcd (Go) sends its initial metadata with the first response:
+         * it is received in the first round, not waited for here */
+        grpc_op op;
+        memset(&op, 0, sizeof op);
+        op.op = GRPC_OP_SEND_INITIAL_METADATA;
         c->t.kind = T_KA_OPEN;
-        grpc_call_start_batch(c->call, ops, 2, &c->t, NULL);
+        c->is_read = 1; /* the first round also takes the initial metadata */
+        grpc_call_start_batch(c->call, &op, 1, &c->t, NULL);
         return;
     }
     case T_KA_OPEN:
@@ -570,14 +579,21 @@ static void ws_send_next(wstream *s)
     grpc_byte_buffer_destroy(send);
 }
 
-static void ws_recv_next(wstream *s)
+/* The first receive also takes the server's initial metadata (etcd sends
+ * it with its first response). */
+static void ws_recv_next(wstream *s, int first)
 {
-    grpc_op op;
-    memset(&op, 0, sizeof op);
-    op.op = GRPC_OP_RECV_MESSAGE;
-    op.data.recv_message.recv_message = &s->recv;
+    grpc_op ops[2];
+    memset(ops, 0, sizeof ops);
+    size_t n = 0;
+    if (first) {
+        ops[n].op = GRPC_OP_RECV_INITIAL_METADATA;
+        ops[n++].data.recv_initial_metadata.recv_initial_metadata = &s->md_init;
+    }
+    ops[n].op = GRPC_OP_RECV_MESSAGE;
+    ops[n++].data.recv_message.recv_message = &s->recv;
     s->recv = NULL;
-    if (grpc_call_start_batch(s->call, &op, 1, &s->t_recv, NULL) != GRPC_CALL_OK)
+    if (grpc_call_start_batch(s->call, ops, n, &s->t_recv, NULL) != GRPC_CALL_OK)
         exit(2);
 }
 
@@ -586,14 +602,12 @@ static void ws_open(wstream *s)
     s->call = new_call(s->ch, s->w->cq, "/etcdserverpb.Watch/Watch");
     grpc_metadata_array_init(&s->md_init);
     grpc_metadata_array_init(&s->md_trail);
-    grpc_op ops[2];
-    memset(ops, 0, sizeof ops);
-    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[1].op = GRPC_OP_RECV_INITIAL_METADATA;
-    ops[1].data.recv_initial_metadata.recv_initial_metadata = &s->md_init;
-    if (grpc_call_start_batch(s->call, ops, 2, &s->t_open, NULL) != GRPC_CALL_OK)
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_SEND_INITIAL_METADATA;
+    if (grpc_call_start_batch(s->call, &op, 1, &s->t_open, NULL) != GRPC_CALL_OK)
         exit(2);
-    ws_recv_next(s);
+    ws_recv_next(s, 1);
 }
 
 static void ws_event(tag *t, int success)
@@ -649,7 +663,7 @@ static void ws_event(tag *t, int success)
         }
         etcdserverpb__watch_response__free_unpacked(r, NULL);
     }
-    ws_recv_next(s);
+    ws_recv_next(s, 0);
 }
 
 static void ws_close(wstream *s)
