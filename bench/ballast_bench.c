@@ -1029,6 +1029,46 @@ static double cpu_seconds(void)
            ru.ru_stime.tv_usec / 1e6;
 }
 
+/* Everything the run made, in the order gRPC needs: queues drained, calls
+ * released, channels closed. */
+static void cleanup(worker *workers, unsigned n_threads, wstream *streams)
+{
+    for (unsigned t = 0; t < n_threads; t++) {
+        grpc_completion_queue_shutdown(workers[t].cq);
+        while (grpc_completion_queue_next(workers[t].cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL)
+                   .type != GRPC_QUEUE_SHUTDOWN)
+            ;
+    }
+    for (unsigned i = 0; streams && i < O.streams; i++) {
+        wstream *s = &streams[i];
+        if (!s->call)
+            continue;
+        if (s->recv)
+            grpc_byte_buffer_destroy(s->recv);
+        grpc_metadata_array_destroy(&s->md_init);
+        grpc_metadata_array_destroy(&s->md_trail);
+        grpc_slice_unref(s->details);
+        grpc_call_unref(s->call);
+    }
+    for (unsigned t = 0; t < n_threads; t++) {
+        grpc_completion_queue_destroy(workers[t].cq);
+        free(workers[t].lat.v);
+        free(workers[t].clients);
+        free(workers[t].streams);
+    }
+    free(workers);
+    free(streams);
+    for (unsigned i = 0; i < O.conns; i++)
+        grpc_channel_destroy(CHANNELS[i]);
+    free(CHANNELS);
+    for (size_t i = 0; i < O.n_endpoints; i++)
+        free(O.endpoints[i]);
+    free(O.endpoints);
+    free(VALUE);
+    free(PUT_SENT_NS);
+    grpc_shutdown();
+}
+
 int main(int argc, char **argv)
 {
     parse_args(argc, argv);
@@ -1257,6 +1297,8 @@ int main(int argc, char **argv)
         else
             fflush(stdout);
     }
+    free(all);
+    cleanup(workers, n_threads, streams);
     /* A run where nothing succeeded, or where errors were more than a trace, is a failed run. */
     return ok == 0 || errors * 100 > ok ? 1 : 0;
 }
