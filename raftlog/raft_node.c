@@ -18,8 +18,12 @@
 
 #define TICK_MS 50
 /* Entries between two snapshots at most, and entries kept after one. */
-#define SNAPSHOT_THRESHOLD_MAX 512
+#define SNAPSHOT_THRESHOLD_MIN 128
+#define SNAPSHOT_THRESHOLD_MAX 8192
 #define SNAPSHOT_TRAILING 128
+/* Bytes of entries c-raft may hold in memory between two snapshots: the
+ * threshold follows the entries' mean size (adapt_snapshot_threshold). */
+#define SNAPSHOT_LOG_BUDGET (32u << 20)
 #define SNAPSHOT_MAGIC 0x31504e5354534c42ull /* "BLSTSNP1": applied index */
 #define SNAPSHOT_MAGIC2 0x32504e5354534c42ull /* "BLSTSNP2": + members' client URLs */
 #define SNAPSHOT_MAX_URLS 64
@@ -121,6 +125,9 @@ struct raft_node {
     ctx_list read_queue;
     node_cmd *cmds, *cmds_tail;
     progress_item *progress;
+    uint64_t entry_bytes_avg;  /* raft thread: see fsm_apply */
+    unsigned snapshot_cap;     /* --snapshot-count, at most SNAPSHOT_THRESHOLD_MAX */
+    unsigned snapshot_threshold;
     size_t n_progress, progress_cap;
     int stopping;
     int loop_done; /* the loop no longer takes commands */
@@ -301,6 +308,11 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
     n->cur.results = n->results;
     n->cur.n = d.n_ops;
     *result = &n->cur;
+    /* mean entry size, for adapt_snapshot_threshold: an exponential
+     * average with weight 1/64 */
+    n->entry_bytes_avg = n->entry_bytes_avg ? n->entry_bytes_avg - n->entry_bytes_avg / 64 +
+                                                  buf->len / 64
+                                            : buf->len;
     if (n->cfg.applied)
         n->cfg.applied(n->cfg.cb_arg, index);
     return 0;
@@ -1068,6 +1080,28 @@ static void help_lagging_peers(raft_node *n, uint64_t now)
     pthread_mutex_unlock(&n->mu);
 }
 
+/* c-raft keeps every entry since the last snapshot in memory, and each
+ * snapshot stalls the raft thread for 25-50 ms (raft_uv closes its open
+ * segment's kernel AIO context with io_destroy, which waits for an RCU grace
+ * period: measured with strace). So the threshold is as many entries as fit
+ * in SNAPSHOT_LOG_BUDGET at their mean size, between SNAPSHOT_THRESHOLD_MIN
+ * and --snapshot-count (at most SNAPSHOT_THRESHOLD_MAX): small entries at a
+ * low rate take a snapshot every few seconds instead of every 0.5 s. */
+static void adapt_snapshot_threshold(raft_node *n)
+{
+    if (!n->entry_bytes_avg)
+        return;
+    uint64_t fit = SNAPSHOT_LOG_BUDGET / n->entry_bytes_avg;
+    unsigned lo = n->snapshot_cap < SNAPSHOT_THRESHOLD_MIN ? n->snapshot_cap : SNAPSHOT_THRESHOLD_MIN;
+    unsigned t = fit > n->snapshot_cap ? n->snapshot_cap : fit < lo ? lo : (unsigned)fit;
+    /* only changes of an eighth or more: the threshold need not chase noise */
+    unsigned diff = t > n->snapshot_threshold ? t - n->snapshot_threshold : n->snapshot_threshold - t;
+    if (diff * 8 >= n->snapshot_threshold) {
+        n->snapshot_threshold = t;
+        raft_set_snapshot_threshold(&n->raft, t);
+    }
+}
+
 static void on_tick(uv_timer_t *h)
 {
     raft_node *n = h->data;
@@ -1096,6 +1130,7 @@ static void on_tick(uv_timer_t *h)
     reconcile_members(n);
     publish_status(n);
     help_lagging_peers(n, now);
+    adapt_snapshot_threshold(n);
 }
 
 static void *loop_main(void *arg)
@@ -1218,10 +1253,12 @@ int raft_node_start(const raft_node_config *cfg, raft_node **out, char **errmsg)
     /* A snapshot only syncs RocksDB (the store is the snapshot), so it is
      * cheap; c-raft keeps every entry since the last snapshot in memory, so
      * taking one often bounds memory (entries may hold up to 100 ops). */
-    unsigned threshold = cfg->snapshot_count < SNAPSHOT_THRESHOLD_MAX ? (unsigned)cfg->snapshot_count
-                                                                      : SNAPSHOT_THRESHOLD_MAX;
-    if (threshold == 0)
-        threshold = 1;
+    n->snapshot_cap = cfg->snapshot_count < SNAPSHOT_THRESHOLD_MAX ? (unsigned)cfg->snapshot_count
+                                                                   : SNAPSHOT_THRESHOLD_MAX;
+    if (n->snapshot_cap == 0)
+        n->snapshot_cap = 1;
+    unsigned threshold = n->snapshot_cap < 512 ? n->snapshot_cap : 512;
+    n->snapshot_threshold = threshold;
     raft_set_snapshot_threshold(&n->raft, threshold);
     raft_set_snapshot_trailing(&n->raft, threshold < SNAPSHOT_TRAILING ? threshold : SNAPSHOT_TRAILING);
 
