@@ -1136,6 +1136,8 @@ static void on_tick(uv_timer_t *h)
 static void *loop_main(void *arg)
 {
     raft_node *n = arg;
+    if (n->cfg.loop_started)
+        n->cfg.loop_started(n->cfg.cb_arg);
     uv_run(&n->loop, UV_RUN_DEFAULT);
     return NULL;
 }

@@ -88,6 +88,7 @@ typedef struct raft_node_config {
     raft_node_fetch_fn fetch_store;       /* may be NULL: then a lagging member cannot catch up */
     raft_node_applied_fn applied;         /* may be NULL */
     raft_node_transfer_fn transfer_done;  /* may be NULL */
+    void (*loop_started)(void *arg);      /* may be NULL: first thing on the raft thread */
     void *cb_arg;
 } raft_node_config;
 

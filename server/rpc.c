@@ -37,8 +37,19 @@ typedef struct registered_stream {
     void *handle;
 } registered_stream;
 
+/* Replies handed over by rpc_defer_replies_here() threads, sent in order
+ * by one thread. */
+typedef struct reply_queue {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct rpc_call *head, *tail;
+    int running, stop;
+    pthread_t thread;
+} reply_queue;
+
 struct rpc_server {
     grpc_server *server;
+    reply_queue replies;
     rpc_queue *queues;
     unsigned n_queues;
     registered *methods;
@@ -69,6 +80,10 @@ struct rpc_call {
     grpc_byte_buffer *resp;
     void *data;
     gpr_timespec arrived;
+    /* a reply waiting for the reply thread */
+    struct rpc_call *next_reply;
+    grpc_status_code reply_code;
+    char *reply_message;
 };
 
 /* An unregistered method: answered UNIMPLEMENTED at once (otherwise gRPC
@@ -145,17 +160,83 @@ static void send_reply(rpc_call *c, grpc_status_code code, const char *message)
     }
 }
 
+static __thread int defer_replies;
+
+void rpc_defer_replies_here(void)
+{
+    defer_replies = 1;
+}
+
+/* Queues c's reply for the reply thread; 0 if it must be sent here (the
+ * thread is not running, or stopping). */
+static int reply_later(rpc_call *c, grpc_status_code code, const char *message)
+{
+    reply_queue *q = &c->server->replies;
+    if (!defer_replies)
+        return 0;
+    char *msg = NULL;
+    if (message && !(msg = strdup(message)))
+        return 0;
+    pthread_mutex_lock(&q->mu);
+    if (!q->running || q->stop) {
+        pthread_mutex_unlock(&q->mu);
+        free(msg);
+        return 0;
+    }
+    c->reply_code = code;
+    c->reply_message = msg;
+    c->next_reply = NULL;
+    int was_empty = q->head == NULL;
+    if (q->tail)
+        q->tail->next_reply = c;
+    else
+        q->head = c;
+    q->tail = c;
+    if (was_empty)
+        pthread_cond_signal(&q->cv);
+    pthread_mutex_unlock(&q->mu);
+    return 1;
+}
+
+static void *reply_main(void *arg)
+{
+    reply_queue *q = arg;
+    pthread_mutex_lock(&q->mu);
+    for (;;) {
+        while (!q->head && !q->stop)
+            pthread_cond_wait(&q->cv, &q->mu);
+        rpc_call *list = q->head;
+        q->head = q->tail = NULL;
+        if (!list && q->stop)
+            break;
+        pthread_mutex_unlock(&q->mu);
+        while (list) {
+            rpc_call *next = list->next_reply;
+            char *msg = list->reply_message;
+            list->reply_message = NULL;
+            send_reply(list, list->reply_code, msg);
+            free(msg);
+            list = next;
+        }
+        pthread_mutex_lock(&q->mu);
+    }
+    pthread_mutex_unlock(&q->mu);
+    return NULL;
+}
+
 void rpc_reply(rpc_call *c, const uint8_t *resp, size_t len)
 {
     grpc_slice s = grpc_slice_from_copied_buffer((const char *)resp, len);
     c->resp = grpc_raw_byte_buffer_create(&s, 1);
     grpc_slice_unref(s);
-    send_reply(c, GRPC_STATUS_OK, NULL);
+    if (!reply_later(c, GRPC_STATUS_OK, NULL))
+        send_reply(c, GRPC_STATUS_OK, NULL);
 }
 
 void rpc_fail(rpc_call *c, grpc_status_code code, const char *message)
 {
-    send_reply(c, code, message);
+    if (!reply_later(c, code, message))
+        send_reply(c, code, message);
 }
 
 static int has_metadata(const grpc_metadata_array *md, const char *key, const char *value)
@@ -615,6 +696,8 @@ rpc_server *rpc_server_create(const rpc_options *opt, const rpc_method *methods,
                               const rpc_stream_method *streams, size_t n_streams, char **errmsg)
 {
     rpc_server *s = calloc(1, sizeof *s);
+    pthread_mutex_init(&s->replies.mu, NULL);
+    pthread_cond_init(&s->replies.cv, NULL);
     s->admit = opt->admit;
     s->admit_arg = opt->admit_arg;
     s->n_queues = opt->threads ? opt->threads : (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
@@ -674,6 +757,8 @@ rpc_server *rpc_server_create(const rpc_options *opt, const rpc_method *methods,
 void rpc_server_start(rpc_server *s)
 {
     grpc_server_start(s->server);
+    if (pthread_create(&s->replies.thread, NULL, reply_main, &s->replies) == 0)
+        s->replies.running = 1;
     for (unsigned i = 0; i < s->n_queues; i++) {
         rpc_queue *q = &s->queues[i];
         for (size_t m = 0; m < s->n_methods; m++) {
@@ -700,6 +785,14 @@ void rpc_server_begin_shutdown(rpc_server *s)
 
 void rpc_server_finish_shutdown(rpc_server *s)
 {
+    /* the replies queued so far go out; later ones are sent by their thread */
+    pthread_mutex_lock(&s->replies.mu);
+    s->replies.stop = 1;
+    pthread_cond_signal(&s->replies.cv);
+    pthread_mutex_unlock(&s->replies.mu);
+    if (s->replies.running)
+        pthread_join(s->replies.thread, NULL);
+    s->replies.running = 0;
     grpc_completion_queue_pluck(s->shutdown_cq, s, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
     grpc_completion_queue_shutdown(s->shutdown_cq);
     grpc_completion_queue_destroy(s->shutdown_cq);
@@ -720,5 +813,7 @@ void rpc_server_destroy(rpc_server *s)
     free(s->queues);
     free(s->methods);
     free(s->streams);
+    pthread_mutex_destroy(&s->replies.mu);
+    pthread_cond_destroy(&s->replies.cv);
     free(s);
 }
