@@ -262,6 +262,20 @@ static int start_unary(grpc_call *call, grpc_byte_buffer *send, grpc_metadata_ar
     return grpc_call_start_batch(call, ops, 6, t, NULL) == GRPC_CALL_OK ? 0 : -1;
 }
 
+/* Cancels a streaming call and asks for its status, completing on tag t. */
+static void cancel_call(grpc_call *call, grpc_metadata_array *md_trail, grpc_status_code *status,
+                        grpc_slice *details, tag *t)
+{
+    grpc_call_cancel(call, NULL);
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    op.data.recv_status_on_client.trailing_metadata = md_trail;
+    op.data.recv_status_on_client.status = status;
+    op.data.recv_status_on_client.status_details = details;
+    grpc_call_start_batch(call, &op, 1, t, NULL);
+}
+
 /* ---- request encoding ---- */
 
 static uint64_t next_key(worker *w, uint64_t seq)
@@ -414,16 +428,9 @@ static void ka_start(client *c)
 static void ka_round(client *c)
 {
     uint64_t seq;
-    grpc_op ops[2];
-    memset(ops, 0, sizeof ops);
     if (!claim(&seq)) {
-        grpc_call_cancel(c->call, NULL);
-        ops[0].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-        ops[0].data.recv_status_on_client.trailing_metadata = &c->md_trail;
-        ops[0].data.recv_status_on_client.status = &c->status;
-        ops[0].data.recv_status_on_client.status_details = &c->details;
         c->t.kind = T_KA_END;
-        grpc_call_start_batch(c->call, ops, 1, &c->t, NULL);
+        cancel_call(c->call, &c->md_trail, &c->status, &c->details, &c->t);
         return;
     }
     Etcdserverpb__LeaseKeepAliveRequest req = ETCDSERVERPB__LEASE_KEEP_ALIVE_REQUEST__INIT;
@@ -510,17 +517,8 @@ static void ka_event(client *c, int success)
         }
         w->errors++;
         c->recv = NULL;
-        grpc_call_cancel(c->call, NULL);
-        {
-            grpc_op op;
-            memset(&op, 0, sizeof op);
-            op.op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-            op.data.recv_status_on_client.trailing_metadata = &c->md_trail;
-            op.data.recv_status_on_client.status = &c->status;
-            op.data.recv_status_on_client.status_details = &c->details;
-            c->t.kind = T_KA_END;
-            grpc_call_start_batch(c->call, &op, 1, &c->t, NULL);
-        }
+        c->t.kind = T_KA_END;
+        cancel_call(c->call, &c->md_trail, &c->status, &c->details, &c->t);
         return;
     case T_KA_END:
         grpc_metadata_array_destroy(&c->md_init);
@@ -668,14 +666,7 @@ static void ws_event(tag *t, int success)
 
 static void ws_close(wstream *s)
 {
-    grpc_call_cancel(s->call, NULL);
-    grpc_op op;
-    memset(&op, 0, sizeof op);
-    op.op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-    op.data.recv_status_on_client.trailing_metadata = &s->md_trail;
-    op.data.recv_status_on_client.status = &s->status;
-    op.data.recv_status_on_client.status_details = &s->details;
-    grpc_call_start_batch(s->call, &op, 1, &s->t_end, NULL);
+    cancel_call(s->call, &s->md_trail, &s->status, &s->details, &s->t_end);
 }
 
 /* ---- workers ---- */
