@@ -712,6 +712,7 @@ int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h, Ballastpb__Op *con
         return 0;
     }
     rocksdb_writebatch_wi_clear(m->wb);
+    /* also drops the notes of an entry that failed: they never reach the cache */
     cache_begin(&m->cur);
     m->alarms_dirty = false;
     m->lease_n = 0;
@@ -772,7 +773,6 @@ int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h, Ballastpb__Op *con
         if (rc == STEP_STORE_ERR) {
             out->len = entry_start;
             rocksdb_writebatch_wi_clear(m->wb);
-            cache_begin(&m->cur);
             m->alarms_dirty = false;
             for (size_t j = 0; j < n_ops; j++)
                 result_error(&results[j], MVCC_STATUS_INTERNAL, "etcdserver: storage failure");
@@ -811,10 +811,6 @@ int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h, Ballastpb__Op *con
     m->alarms_dirty = false;
     pthread_mutex_unlock(&m->mu);
     rocksdb_writebatch_wi_clear(m->wb);
-    if (err)
-        cache_begin(&m->cur);
-    else
-        cache_commit(&m->cur);
     if (err) {
         free(err);
         out->len = entry_start;
@@ -822,6 +818,7 @@ int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h, Ballastpb__Op *con
             result_error(&results[j], MVCC_STATUS_INTERNAL, "etcdserver: storage failure");
         return -1;
     }
+    cache_commit(&m->cur);
     if (compacted)
         compactor_kick(m);
     if (m->lease_fn)
