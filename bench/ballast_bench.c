@@ -233,6 +233,16 @@ static uint8_t *unbuffer(grpc_byte_buffer *bb, size_t *len)
     return p;
 }
 
+/* Shuts a completion queue down and takes what is left on it; it may be
+ * destroyed once the calls that used it are released. */
+static void cq_drain(grpc_completion_queue *cq)
+{
+    grpc_completion_queue_shutdown(cq);
+    while (grpc_completion_queue_next(cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL).type !=
+           GRPC_QUEUE_SHUTDOWN)
+        ;
+}
+
 static grpc_call *new_call(grpc_channel *ch, grpc_completion_queue *cq, const char *method)
 {
     return grpc_channel_create_call(ch, NULL, GRPC_PROPAGATE_DEFAULTS, cq,
@@ -698,14 +708,12 @@ static void *worker_main(void *arg)
     worker *w = arg;
     for (unsigned i = 0; i < w->n_streams; i++)
         ws_open(w->streams[i]);
-    for (unsigned i = 0; i < w->n_clients; i++) {
+    for (unsigned i = 0; i < w->n_clients; i++) { /* none for watch: its Puts are run_putter's */
         w->active++;
         if (O.w == W_LEASE_KEEPALIVE)
             ka_start(&w->clients[i]);
-        else if (O.w != W_WATCH)
-            unary_next(&w->clients[i]);
         else
-            w->active--;
+            unary_next(&w->clients[i]);
     }
     int closing = 0;
     for (;;) {
@@ -824,10 +832,7 @@ static void run_putter(uint64_t *put_ok, uint64_t *put_errors, char *first_error
     free(value);
     free(calls);
     free(free_list);
-    grpc_completion_queue_shutdown(cq);
-    while (grpc_completion_queue_next(cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL).type !=
-           GRPC_QUEUE_SHUTDOWN)
-        ;
+    cq_drain(cq);
     grpc_completion_queue_destroy(cq);
 }
 
@@ -988,10 +993,7 @@ static void connect_all(void)
             grpc_completion_queue_next(cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
         }
     }
-    grpc_completion_queue_shutdown(cq);
-    while (grpc_completion_queue_next(cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL).type !=
-           GRPC_QUEUE_SHUTDOWN)
-        ;
+    cq_drain(cq);
     grpc_completion_queue_destroy(cq);
 }
 
@@ -1025,10 +1027,7 @@ static double cpu_seconds(void)
 static void cleanup(worker *workers, unsigned n_threads, wstream *streams)
 {
     for (unsigned t = 0; t < n_threads; t++) {
-        grpc_completion_queue_shutdown(workers[t].cq);
-        while (grpc_completion_queue_next(workers[t].cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL)
-                   .type != GRPC_QUEUE_SHUTDOWN)
-            ;
+        cq_drain(workers[t].cq);
     }
     for (unsigned i = 0; streams && i < O.streams; i++) {
         wstream *s = &streams[i];
@@ -1188,11 +1187,7 @@ int main(int argc, char **argv)
                 workers[t].errors += readers[t].errors;
                 if (!workers[t].first_error[0])
                     memcpy(workers[t].first_error, readers[t].first_error, sizeof readers[t].first_error);
-                grpc_completion_queue_shutdown(readers[t].cq);
-                while (grpc_completion_queue_next(readers[t].cq, gpr_inf_future(GPR_CLOCK_MONOTONIC),
-                                                  NULL)
-                           .type != GRPC_QUEUE_SHUTDOWN)
-                    ;
+                cq_drain(readers[t].cq);
                 grpc_completion_queue_destroy(readers[t].cq);
             }
             free(readers);
