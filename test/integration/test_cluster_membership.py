@@ -82,7 +82,7 @@ def promote(cluster, member):
         res = cluster.etcdctl("member", "promote", "%x" % member.member_id,
                               members=[m for m in cluster.live() if m is not member])
         if res.returncode == 0:
-            check(res.stdout.startswith("Member %x promoted in cluster " % member.member_id),
+            check(res.stdout.startswith("Member %16x promoted in cluster " % member.member_id),
                   "member promote printed %r" % res.stdout)
             member.learner = False
             return tries
@@ -128,7 +128,7 @@ def main():
                         % (m4.name, tries))
 
             res = cluster.remove_member(m4)
-            check(res.stdout.startswith("Member %x removed from cluster " % m4.member_id),
+            check(res.stdout.startswith("Member %16x removed from cluster " % m4.member_id),
                   "member remove printed %r" % res.stdout)
             exited = False
             for _ in range(100):
@@ -145,7 +145,7 @@ def main():
             res = cluster.etcdctl("member", "update", "%x" % moved.status().header.member_id,
                                   "--peer-urls=%s" % moved.spare_peer_url)
             check(res.returncode == 0 and res.stdout.startswith(
-                "Member %x updated in cluster " % moved.member_id),
+                "Member %16x updated in cluster " % moved.member_id),
                 "member update failed (%d): %s%s" % (res.returncode, res.stdout, res.stderr))
             check_listed(cluster, [(m.name, m.spare_peer_url if m is moved else m.peer_url, False)
                                    for m in cluster.members])
