@@ -1134,6 +1134,10 @@ static void on_tick(uv_timer_t *h)
 
 static void *loop_main(void *arg)
 {
+    /* libuv's thread pool is started from this thread, so its workers
+     * carry this name too (they use little CPU: snapshot syncs, file
+     * operations) */
+    pthread_setname_np(pthread_self(), "raft");
     raft_node *n = arg;
     if (n->cfg.loop_started)
         n->cfg.loop_started(n->cfg.cb_arg);

@@ -16,6 +16,7 @@
  *   cluster), publishes this member's name and client URLs, retries parked
  *   calls, and stops this member when it has been removed from the cluster.
  */
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -815,6 +816,7 @@ static void retry_parked(ballast_server *b, const raft_node_status *st)
 
 static void *cluster_main(void *arg)
 {
+    pthread_setname_np(pthread_self(), "cluster");
     ballast_server *b = arg;
     struct cluster_state *c = b->cluster;
     for (;;) {

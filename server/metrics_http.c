@@ -128,6 +128,7 @@ static void serve_one(metrics_http *m, int fd)
 
 static void *metrics_main(void *arg)
 {
+    pthread_setname_np(pthread_self(), "metrics");
     metrics_http *m = arg;
     for (;;) {
         struct pollfd p[2] = {{m->fd, POLLIN, 0}, {m->stop_pipe[0], POLLIN, 0}};

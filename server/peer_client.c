@@ -138,6 +138,7 @@ static void complete(peer_client *pc, pcall *c)
 
 static void *client_main(void *arg)
 {
+    pthread_setname_np(pthread_self(), "peer-client");
     peer_client *pc = arg;
     for (;;) {
         grpc_event ev = grpc_completion_queue_next(pc->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);

@@ -200,6 +200,7 @@ static int reply_later(rpc_call *c, grpc_status_code code, const char *message)
 
 static void *reply_main(void *arg)
 {
+    pthread_setname_np(pthread_self(), "rpc-reply");
     reply_queue *q = arg;
     pthread_mutex_lock(&q->mu);
     for (;;) {
@@ -681,6 +682,7 @@ static void post_stream(rpc_server *s, rpc_queue *q, registered_stream *m)
 
 static void *queue_main(void *arg)
 {
+    pthread_setname_np(pthread_self(), "rpc-cq");
     rpc_queue *q = arg;
     for (;;) {
         grpc_event ev = grpc_completion_queue_next(q->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);

@@ -260,6 +260,7 @@ static void refresh(lessor *l, lease *e, int64_t expiry)
 
 static void *expire_loop(void *arg)
 {
+    pthread_setname_np(pthread_self(), "lessor");
     lessor *l = arg;
     pthread_mutex_lock(&l->mu);
     while (!l->stopping) {

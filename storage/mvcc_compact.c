@@ -137,6 +137,7 @@ static int compact_chunk(mvcc *m, int64_t target, bool *finished)
 
 static void *compactor_main(void *arg)
 {
+    pthread_setname_np(pthread_self(), "compactor");
     mvcc *m = arg;
     pthread_mutex_lock(&m->mu);
     while (!m->stopping) {

@@ -761,6 +761,7 @@ static void publish_stats(watch_hub *h)
 
 static void *hub_main(void *arg)
 {
+    pthread_setname_np(pthread_self(), "watch-hub");
     watch_hub *h = arg;
     pthread_mutex_lock(&h->mu);
     for (;;) {
