@@ -300,8 +300,9 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
     mvcc_header h = {cluster_id ? cluster_id : n->cfg.cluster_id, n->cfg.id, n->raft.current_term};
     n->out.len = 0;
     if (mvcc_apply(n->cfg.store, index, &h, d.ops, d.n_ops, &n->out, n->results) != 0) {
-        logf_("FATAL", "the store failed to apply raft entry %llu; stopping",
-              (unsigned long long)index);
+        const char *why = mvcc_write_error(n->cfg.store);
+        logf_("FATAL", "the store failed to apply raft entry %llu%s%s; stopping",
+              (unsigned long long)index, *why ? ": " : "", why);
         fflush(stderr);
         _exit(1);
     }
