@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -16,6 +17,12 @@
 #include "snapshot_restore.h"
 
 #define MAX_METHODS 64
+/* Free space the data directory's file system must keep. c-raft 0.15
+ * crashes (SIGSEGV) when it cannot create its next 8 MiB log segment, and
+ * it prepares up to two ahead: the member stops while there is still room
+ * for them (test_disk_full.py). Checked every DISK_CHECK_MS. */
+#define DISK_RESERVE_BYTES (32ull << 20)
+#define DISK_CHECK_MS 50
 
 static void log_info(const ballast_config *cfg, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
@@ -37,6 +44,25 @@ static void die(const char *what, char *errmsg)
     fprintf(stderr, "ballast error: %s: %s\n", what, errmsg ? errmsg : "unknown error");
     free(errmsg);
     exit(1);
+}
+
+/* Bytes an unprivileged writer may still use on the file system of `dir`;
+ * UINT64_MAX when it cannot be told (the check is then skipped). */
+static uint64_t disk_free_bytes(const char *dir)
+{
+    struct statvfs st;
+    if (statvfs(dir, &st) != 0)
+        return UINT64_MAX;
+    return (uint64_t)st.f_bavail * st.f_frsize;
+}
+
+static void log_disk_low(const char *dir, uint64_t free_bytes, const char *what)
+{
+    fprintf(stderr,
+            "ballast FATAL: no space left for the data directory: %llu KiB free on the file "
+            "system of %s, under the %llu KiB Ballast keeps free; %s (free space, then start it)\n",
+            (unsigned long long)(free_bytes >> 10), dir,
+            (unsigned long long)(DISK_RESERVE_BYTES >> 10), what);
 }
 
 /* c-raft's TCP transport takes IPv4 dotted quads. */
@@ -84,6 +110,11 @@ int main(int argc, char **argv, char **envp)
     char *err = NULL;
     if (member_open_data_dir(&cfg, &id, &err) != 0)
         die("cannot use the data directory", err);
+    uint64_t free_bytes = disk_free_bytes(cfg.data_dir);
+    if (free_bytes < DISK_RESERVE_BYTES) {
+        log_disk_low(cfg.data_dir, free_bytes, "not starting");
+        exit(1);
+    }
 
     ballast_server b = {0};
     b.cfg = &cfg;
@@ -227,10 +258,21 @@ int main(int argc, char **argv, char **envp)
              (unsigned long long)b.member_id, (unsigned long long)b.cluster_id,
              cfg.listen_client_urls.n ? cfg.listen_client_urls.items[0].text : "(none)");
 
-    int sig = 0;
-    while (sigwait(&sigs, &sig) != 0)
-        ;
-    log_info(&cfg, "received %s, stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    int exit_code = 0;
+    const struct timespec check_every = {0, DISK_CHECK_MS * 1000000L};
+    for (;;) {
+        int sig = sigtimedwait(&sigs, NULL, &check_every);
+        if (sig == SIGINT || sig == SIGTERM) {
+            log_info(&cfg, "received %s, stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
+            break;
+        }
+        free_bytes = disk_free_bytes(cfg.data_dir);
+        if (free_bytes < DISK_RESERVE_BYTES) {
+            log_disk_low(cfg.data_dir, free_bytes, "stopping");
+            exit_code = 1;
+            break;
+        }
+    }
 
     metrics_http_stop(metrics);
     rpc_server_begin_shutdown(rpc);
@@ -253,5 +295,5 @@ int main(int argc, char **argv, char **envp)
     free(peer_addr);
     member_identity_free(&id);
     config_free(&cfg);
-    return 0;
+    return exit_code;
 }
