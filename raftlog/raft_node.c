@@ -1283,6 +1283,24 @@ int raft_node_start(const raft_node_config *cfg, raft_node **out, char **errmsg)
     rv = raft_start(&n->raft);
     if (rv != 0)
         return fail_start(errmsg, "raft start: %s (%s)", raft_strerror(rv), raft_errmsg(&n->raft));
+    /* The store applies only entries that were durable in the log, so a
+     * sole voter whose store is ahead of its log has lost logged entries (a
+     * torn or cut segment). Its next entries would reuse those indexes and
+     * the store would skip them as applied: acknowledged writes lost
+     * (test_torn_segment.py). A member of a larger cluster may be ahead
+     * legitimately (a store fetched from the leader) and gets the committed
+     * entries again from it. */
+    unsigned voters = 0;
+    for (unsigned i = 0; i < n->raft.configuration.n; i++)
+        voters += n->raft.configuration.servers[i].role == RAFT_VOTER;
+    uint64_t applied = mvcc_applied_index(cfg->store);
+    if (voters == 1 && applied > raft_last_index(&n->raft))
+        return fail_start(errmsg,
+                          "the raft log in %s ends at entry %llu but the store has applied entry "
+                          "%llu: entries are missing from the log (a torn or cut segment file); "
+                          "the only voter cannot take them again from anyone, not starting",
+                          n->dir, (unsigned long long)raft_last_index(&n->raft),
+                          (unsigned long long)applied);
     publish_status(n);
     if (pthread_create(&n->thread, NULL, loop_main, n) != 0)
         return fail_start(errmsg, "cannot start the raft thread");
