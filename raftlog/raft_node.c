@@ -1,5 +1,6 @@
 #include "raft_node.h"
 #include "peer_transport.h"
+#include "segment_check.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -1207,6 +1208,12 @@ int raft_node_start(const raft_node_config *cfg, raft_node **out, char **errmsg)
     if (rv != 0)
         return fail_start(errmsg, "raft transport%s%s: %s", cfg->bind_address ? " on " : "",
                           cfg->bind_address ? cfg->bind_address : "", raft_strerror(rv));
+    char *cut = NULL;
+    if (segment_check_open(n->dir, &cut) != 0) {
+        fail_start(errmsg, "%s", cut);
+        free(cut);
+        return -1;
+    }
     rv = raft_uv_init(&n->io, &n->loop, n->dir, peer_transport_raft(&n->transport));
     if (rv != 0)
         return fail_start(errmsg, "raft log in %s: %s", n->dir, raft_strerror(rv));
