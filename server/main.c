@@ -46,23 +46,29 @@ static void die(const char *what, char *errmsg)
     exit(1);
 }
 
-/* Bytes an unprivileged writer may still use on the file system of `dir`;
- * UINT64_MAX when it cannot be told (the check is then skipped). */
-static uint64_t disk_free_bytes(const char *dir)
+/* 1, after logging why, when the file system of one of `dirs` (the data
+ * dir, and its raft log which may be mounted apart) has less than
+ * DISK_RESERVE_BYTES free for an unprivileged writer. The store's own
+ * directory is not watched: a store write that fails stops apply with
+ * RocksDB's reason (test_disk_full_store.py). */
+static int disk_short(const char *const dirs[], size_t n, const char *what)
 {
-    struct statvfs st;
-    if (statvfs(dir, &st) != 0)
-        return UINT64_MAX;
-    return (uint64_t)st.f_bavail * st.f_frsize;
-}
-
-static void log_disk_low(const char *dir, uint64_t free_bytes, const char *what)
-{
-    fprintf(stderr,
-            "ballast FATAL: no space left for the data directory: %llu KiB free on the file "
-            "system of %s, under the %llu KiB Ballast keeps free; %s (free space, then start it)\n",
-            (unsigned long long)(free_bytes >> 10), dir,
-            (unsigned long long)(DISK_RESERVE_BYTES >> 10), what);
+    for (size_t i = 0; i < n; i++) {
+        struct statvfs st;
+        if (statvfs(dirs[i], &st) != 0)
+            continue; /* not created yet (a new member's raft dir) */
+        uint64_t free_bytes = (uint64_t)st.f_bavail * st.f_frsize;
+        if (free_bytes >= DISK_RESERVE_BYTES)
+            continue;
+        fprintf(stderr,
+                "ballast FATAL: no space left for the data directory: %llu KiB free on the file "
+                "system of %s, under the %llu KiB Ballast keeps free; %s (free space, then start "
+                "it)\n",
+                (unsigned long long)(free_bytes >> 10), dirs[i],
+                (unsigned long long)(DISK_RESERVE_BYTES >> 10), what);
+        return 1;
+    }
+    return 0;
 }
 
 /* c-raft's TCP transport takes IPv4 dotted quads. */
@@ -110,11 +116,9 @@ int main(int argc, char **argv, char **envp)
     char *err = NULL;
     if (member_open_data_dir(&cfg, &id, &err) != 0)
         die("cannot use the data directory", err);
-    uint64_t free_bytes = disk_free_bytes(cfg.data_dir);
-    if (free_bytes < DISK_RESERVE_BYTES) {
-        log_disk_low(cfg.data_dir, free_bytes, "not starting");
+    const char *watched[] = {cfg.data_dir, id.raft_dir};
+    if (disk_short(watched, 2, "not starting"))
         exit(1);
-    }
 
     ballast_server b = {0};
     b.cfg = &cfg;
@@ -266,9 +270,7 @@ int main(int argc, char **argv, char **envp)
             log_info(&cfg, "received %s, stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
             break;
         }
-        free_bytes = disk_free_bytes(cfg.data_dir);
-        if (free_bytes < DISK_RESERVE_BYTES) {
-            log_disk_low(cfg.data_dir, free_bytes, "stopping");
+        if (disk_short(watched, 2, "stopping")) {
             exit_code = 1;
             break;
         }
