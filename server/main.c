@@ -17,10 +17,11 @@
 #include "snapshot_restore.h"
 
 #define MAX_METHODS 64
-/* Free space the data directory's file system must keep. c-raft 0.15
- * crashes (SIGSEGV) when it cannot create its next 8 MiB log segment, and
- * it prepares up to two ahead: the member stops while there is still room
- * for them (test_disk_full.py). Checked every DISK_CHECK_MS. */
+/* Free space the file systems of the data dir and of its raft log must
+ * keep. c-raft 0.15 crashes (SIGSEGV or an abort) when it cannot create its
+ * next 8 MiB log segment, and it prepares up to two ahead: the member stops
+ * while there is still room for them (test_disk_full.py,
+ * test_disk_full_split.py). Checked every DISK_CHECK_MS. */
 #define DISK_RESERVE_BYTES (32ull << 20)
 #define DISK_CHECK_MS 50
 
@@ -50,7 +51,7 @@ static void die(const char *what, char *errmsg)
  * dir, and its raft log which may be mounted apart) has less than
  * DISK_RESERVE_BYTES free for an unprivileged writer. The store's own
  * directory is not watched: a store write that fails stops apply with
- * RocksDB's reason (test_disk_full_store.py). */
+ * RocksDB's reason (test_disk_full_split.py). */
 static int disk_short(const char *const dirs[], size_t n, const char *what)
 {
     for (size_t i = 0; i < n; i++) {
