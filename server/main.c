@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -16,6 +17,13 @@
 #include "snapshot_restore.h"
 
 #define MAX_METHODS 64
+/* Free space the file systems of the data dir and of its raft log must
+ * keep. c-raft 0.15 crashes (SIGSEGV or an abort) when it cannot create its
+ * next 8 MiB log segment, and it prepares up to two ahead: the member stops
+ * while there is still room for them (test_disk_full.py,
+ * test_disk_full_split.py). Checked every DISK_CHECK_MS. */
+#define DISK_RESERVE_BYTES (32ull << 20)
+#define DISK_CHECK_MS 50
 
 static void log_info(const ballast_config *cfg, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
@@ -37,6 +45,31 @@ static void die(const char *what, char *errmsg)
     fprintf(stderr, "ballast error: %s: %s\n", what, errmsg ? errmsg : "unknown error");
     free(errmsg);
     exit(1);
+}
+
+/* 1, after logging why, when the file system of one of `dirs` (the data
+ * dir, and its raft log which may be mounted apart) has less than
+ * DISK_RESERVE_BYTES free for an unprivileged writer. The store's own
+ * directory is not watched: a store write that fails stops apply with
+ * RocksDB's reason (test_disk_full_split.py). */
+static int disk_short(const char *const dirs[], size_t n, const char *what)
+{
+    for (size_t i = 0; i < n; i++) {
+        struct statvfs st;
+        if (statvfs(dirs[i], &st) != 0)
+            continue; /* not created yet (a new member's raft dir) */
+        uint64_t free_bytes = (uint64_t)st.f_bavail * st.f_frsize;
+        if (free_bytes >= DISK_RESERVE_BYTES)
+            continue;
+        fprintf(stderr,
+                "ballast FATAL: no space left for the data directory: %llu KiB free on the file "
+                "system of %s, under the %llu KiB Ballast keeps free; %s (free space, then start "
+                "it)\n",
+                (unsigned long long)(free_bytes >> 10), dirs[i],
+                (unsigned long long)(DISK_RESERVE_BYTES >> 10), what);
+        return 1;
+    }
+    return 0;
 }
 
 /* c-raft's TCP transport takes IPv4 dotted quads. */
@@ -84,6 +117,9 @@ int main(int argc, char **argv, char **envp)
     char *err = NULL;
     if (member_open_data_dir(&cfg, &id, &err) != 0)
         die("cannot use the data directory", err);
+    const char *watched[] = {cfg.data_dir, id.raft_dir};
+    if (disk_short(watched, 2, "not starting"))
+        exit(1);
 
     ballast_server b = {0};
     b.cfg = &cfg;
@@ -227,10 +263,19 @@ int main(int argc, char **argv, char **envp)
              (unsigned long long)b.member_id, (unsigned long long)b.cluster_id,
              cfg.listen_client_urls.n ? cfg.listen_client_urls.items[0].text : "(none)");
 
-    int sig = 0;
-    while (sigwait(&sigs, &sig) != 0)
-        ;
-    log_info(&cfg, "received %s, stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    int exit_code = 0;
+    const struct timespec check_every = {0, DISK_CHECK_MS * 1000000L};
+    for (;;) {
+        int sig = sigtimedwait(&sigs, NULL, &check_every);
+        if (sig == SIGINT || sig == SIGTERM) {
+            log_info(&cfg, "received %s, stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
+            break;
+        }
+        if (disk_short(watched, 2, "stopping")) {
+            exit_code = 1;
+            break;
+        }
+    }
 
     metrics_http_stop(metrics);
     rpc_server_begin_shutdown(rpc);
@@ -253,5 +298,5 @@ int main(int argc, char **argv, char **envp)
     free(peer_addr);
     member_identity_free(&id);
     config_free(&cfg);
-    return 0;
+    return exit_code;
 }

@@ -182,6 +182,11 @@ int mvcc_open(const char *dir, mvcc **out, char **errmsg)
      * growing when one family is written rarely (its memtable pins logs). */
     rocksdb_options_set_db_write_buffer_size(m->db_opts, 128 << 20);
     rocksdb_options_set_max_total_wal_size(m->db_opts, 256 << 20);
+    /* RocksDB's info LOG sits beside the data: once a write to it fails
+     * (a full disk), Debian's build (assertions on) aborts on the next log
+     * line, before the failed store write can be reported. Only the header
+     * written at open is kept. */
+    rocksdb_options_set_info_log_level(m->db_opts, 5 /* HEADER_LEVEL */);
     for (int i = 0; i < CF_COUNT; i++)
         tune_cf(m, i);
     m->wo = rocksdb_writeoptions_create();

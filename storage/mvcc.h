@@ -102,6 +102,10 @@ int64_t mvcc_compact_revision(mvcc *m);
 int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h,
                Ballastpb__Op *const *ops, size_t n_ops,
                mvcc_buf *out, mvcc_result *results);
+/* Why the last failed mvcc_apply() could not write its batch (RocksDB's
+ * message, e.g. "IO error: No space left on device: ..."), or "" when the
+ * failure was elsewhere. Apply thread only; valid until the next apply. */
+const char *mvcc_write_error(mvcc *m);
 
 /* Serves a Range at the current state (or req->revision). */
 int mvcc_range(mvcc *m, const Etcdserverpb__RangeRequest *req, const mvcc_header *h,

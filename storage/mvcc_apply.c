@@ -7,6 +7,7 @@
  * revisions 0, 1, ... in order; the store moves to R+1 only if something
  * changed. Read-only txns are evaluated the same way over a snapshot.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -712,6 +713,7 @@ int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h, Ballastpb__Op *con
         return 0;
     }
     rocksdb_writebatch_wi_clear(m->wb);
+    m->write_error[0] = '\0';
     /* also drops the notes of an entry that failed: they never reach the cache */
     cache_begin(&m->cur);
     m->alarms_dirty = false;
@@ -812,6 +814,7 @@ int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h, Ballastpb__Op *con
     pthread_mutex_unlock(&m->mu);
     rocksdb_writebatch_wi_clear(m->wb);
     if (err) {
+        snprintf(m->write_error, sizeof m->write_error, "%s", err);
         free(err);
         out->len = entry_start;
         for (size_t j = 0; j < n_ops; j++)
@@ -830,4 +833,9 @@ int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h, Ballastpb__Op *con
         m->ev_arena = (mvcc_buf){0};
     }
     return 0;
+}
+
+const char *mvcc_write_error(mvcc *m)
+{
+    return m->write_error;
 }

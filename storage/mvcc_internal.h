@@ -167,6 +167,7 @@ struct mvcc {
 
     /* Apply-thread state (the lease lookup too). */
     rocksdb_writebatch_wi_t *wb;
+    char write_error[256];      /* RocksDB's message for the last failed batch */
     mvcc_buf scratch;           /* keys and values built while applying */
     mvcc_buf scratch2;
     range_rows rows;            /* rows read while applying */
