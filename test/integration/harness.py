@@ -50,12 +50,17 @@ ETCD_BIN = "/usr/bin/etcd"
 ETCDCTL_BIN = "/usr/bin/etcdctl"
 PYTHON = "/usr/bin/python3"
 SETPRIV = "/usr/bin/setpriv"
-READY_TIMEOUT = 10.0
+# BALLAST_TEST_TIME_SCALE (scripts/test --tsan sets it): a server built with
+# a sanitizer runs several times slower; the harness's own waits for it (to
+# start, stop, elect, answer after an abuse) grow by this factor.  A test's
+# assertions about etcd's timing stay as they are.
+TIME_SCALE = max(1.0, float(os.environ.get("BALLAST_TEST_TIME_SCALE", "1")))
+READY_TIMEOUT = 10.0 * TIME_SCALE
 # how long a healthy server may take to answer a Put or a Range after an abuse
-HEALTH_TIMEOUT = 5.0
+HEALTH_TIMEOUT = 5.0 * TIME_SCALE
 # big range answers (the server's send limit is math.MaxInt32, like etcd's)
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 256 * 1024 * 1024)]
-STOP_TIMEOUT = 10.0
+STOP_TIMEOUT = 10.0 * TIME_SCALE
 
 SOURCE_DIR = os.environ.get(
     "BALLAST_SOURCE_DIR",
@@ -745,7 +750,7 @@ def artifacts_dir(name):
 # etcd's flags for a quick test cluster: 100 ms heartbeats, elections after 1 s
 # (also etcd's defaults, given explicitly so that both kinds agree)
 CLUSTER_TIMING_ARGS = ["--heartbeat-interval", "100", "--election-timeout", "1000"]
-CLUSTER_READY_TIMEOUT = 30.0
+CLUSTER_READY_TIMEOUT = 30.0 * TIME_SCALE
 
 # fields of etcd 3.4 messages that python3-etcd3's (etcd 3.3) stubs do not know
 STATUS_RAFT_APPLIED_INDEX = 7      # StatusResponse.raftAppliedIndex
