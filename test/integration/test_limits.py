@@ -3,7 +3,8 @@
 Each request goes to etcd 3.4.23 and to the candidate; the answers must be
 the same (status code and message, or the whole response with the header's
 IDs cleared: kvs, count, more, revisions).  After every abuse the candidate
-must answer a Put and a linearizable Range within 5 s (Server.check_healthy).
+must answer a Put and a linearizable Range within 5 s (Server.check_healthy;
+etcd gets the same Put, so that both stay at the same revision).
 
   - a 10,000-key range: Range with `limit` (0, 1, 100, 9,999, 10,000, 10,001,
     negative), with every sort, count_only, keys_only, an old revision,
