@@ -44,7 +44,8 @@ static void lease_ids_init(ballast_server *b)
 
 static int64_t lease_id_next(ballast_server *b)
 {
-    uint64_t prefix = b->next_lease_id & ~0xffffffffffffull;
+    /* atomic: other queue threads increment it at the same time */
+    uint64_t prefix = __atomic_load_n(&b->next_lease_id, __ATOMIC_RELAXED) & ~0xffffffffffffull;
     for (;;) {
         uint64_t n = __atomic_add_fetch(&b->next_lease_id, 1, __ATOMIC_RELAXED);
         int64_t id = (int64_t)((prefix | (n & 0xffffffffffffull)) & 0x7fffffffffffffffull);

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
@@ -92,9 +93,23 @@ static void raft_thread_started(void *arg)
     rpc_defer_replies_here();
 }
 
+/* Every client connection is a file: a soft limit of 1024 (a login shell's
+ * or a systemd service's default) would refuse connections before the
+ * thousandth, where etcd (the Go runtime raises its soft limit to the hard
+ * one) keeps accepting. Failure leaves the limit as it was. */
+static void raise_open_file_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
 int main(int argc, char **argv, char **envp)
 {
     signal(SIGPIPE, SIG_IGN);
+    raise_open_file_limit();
     if (argc >= 2 && strcmp(argv[1], "snapshot") == 0)
         return snapshot_command_main(argc, argv, envp);
     ballast_config cfg;

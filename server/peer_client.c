@@ -10,6 +10,8 @@
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
 
+#include "tsan_annotate.h"
+
 typedef struct channel_entry {
     char *target;
     grpc_channel *channel;
@@ -144,8 +146,10 @@ static void *client_main(void *arg)
         grpc_event ev = grpc_completion_queue_next(pc->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
         if (ev.type == GRPC_QUEUE_SHUTDOWN)
             return NULL;
-        if (ev.type == GRPC_OP_COMPLETE)
+        if (ev.type == GRPC_OP_COMPLETE) {
+            TSAN_ACQUIRE(ev.tag);
             complete(pc, ev.tag);
+        }
     }
 }
 
@@ -245,6 +249,7 @@ void peer_client_call(peer_client *pc, const char *target, const char *method, c
     ops[5].data.recv_status_on_client.trailing_metadata = &c->md_trailing;
     ops[5].data.recv_status_on_client.status = &c->status;
     ops[5].data.recv_status_on_client.status_details = &c->details;
+    TSAN_RELEASE(c); /* completed on client_main's thread */
     grpc_call_error err = grpc_call_start_batch(c->call, ops, 6, c, NULL);
     if (err != GRPC_CALL_OK) {
         c->status = GRPC_STATUS_INTERNAL;

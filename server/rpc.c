@@ -11,6 +11,8 @@
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
 
+#include "tsan_annotate.h"
+
 #define DEFAULT_BACKLOG 8
 #define GENERIC_BACKLOG 2
 #define STREAM_BACKLOG 4
@@ -19,6 +21,13 @@
 typedef struct tag {
     void (*fn)(struct tag *t, int ok);
 } tag;
+
+/* Every batch starts here: its tag comes back on a queue thread (queue_main). */
+static grpc_call_error start_batch(grpc_call *call, const grpc_op *ops, size_t n, tag *t)
+{
+    TSAN_RELEASE(t);
+    return grpc_call_start_batch(call, ops, n, t, NULL);
+}
 
 typedef struct rpc_queue {
     rpc_server *server;
@@ -153,7 +162,7 @@ static void send_reply(rpc_call *c, grpc_status_code code, const char *message)
     ops[n].data.recv_close_on_server.cancelled = &c->cancelled;
     n++;
     c->finished.fn = on_finished;
-    grpc_call_error err = grpc_call_start_batch(c->call, ops, n, &c->finished, NULL);
+    grpc_call_error err = start_batch(c->call, ops, n, &c->finished);
     if (err != GRPC_CALL_OK) {
         fprintf(stderr, "ballast warn rpc: cannot answer %s: error %d\n", c->method->m.path, err);
         call_free(c);
@@ -364,7 +373,7 @@ static void on_generic_requested(tag *t, int ok)
     ops[2].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
     ops[2].data.recv_close_on_server.cancelled = &g->cancelled;
     g->finished.fn = on_generic_finished;
-    if (grpc_call_start_batch(g->call, ops, 3, &g->finished, NULL) != GRPC_CALL_OK)
+    if (start_batch(g->call, ops, 3, &g->finished) != GRPC_CALL_OK)
         generic_free(g);
 }
 
@@ -477,7 +486,7 @@ static void stream_pump_locked(rpc_stream *st)
     }
     st->sending = 1;
     st->refs++;
-    if (grpc_call_start_batch(st->call, &op, 1, &st->send_done, NULL) != GRPC_CALL_OK) {
+    if (start_batch(st->call, &op, 1, &st->send_done) != GRPC_CALL_OK) {
         /* The call is broken: drop what is queued; close_done will follow. */
         st->sending = 0;
         st->refs--;
@@ -587,7 +596,7 @@ static void stream_start_recv(rpc_stream *st)
     pthread_mutex_lock(&st->mu);
     st->refs++;
     pthread_mutex_unlock(&st->mu);
-    if (grpc_call_start_batch(st->call, &op, 1, &st->recv_done, NULL) != GRPC_CALL_OK)
+    if (start_batch(st->call, &op, 1, &st->recv_done) != GRPC_CALL_OK)
         stream_unref(st);
 }
 
@@ -646,7 +655,7 @@ static void on_stream_requested(tag *t, int ok)
     ops[1].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
     ops[1].data.recv_close_on_server.cancelled = &st->cancelled;
     st->refs++;
-    if (grpc_call_start_batch(st->call, ops, 2, &st->close_done, NULL) != GRPC_CALL_OK) {
+    if (start_batch(st->call, ops, 2, &st->close_done) != GRPC_CALL_OK) {
         fprintf(stderr, "ballast warn rpc: cannot start stream %s\n", st->method->m.path);
         st->refs -= 2;
         stream_unref(st);
@@ -688,8 +697,10 @@ static void *queue_main(void *arg)
         grpc_event ev = grpc_completion_queue_next(q->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
         if (ev.type == GRPC_QUEUE_SHUTDOWN)
             break;
-        if (ev.type == GRPC_OP_COMPLETE)
+        if (ev.type == GRPC_OP_COMPLETE) {
+            TSAN_ACQUIRE(ev.tag);
             ((tag *)ev.tag)->fn((tag *)ev.tag, ev.success);
+        }
     }
     return NULL;
 }

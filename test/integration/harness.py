@@ -50,10 +50,17 @@ ETCD_BIN = "/usr/bin/etcd"
 ETCDCTL_BIN = "/usr/bin/etcdctl"
 PYTHON = "/usr/bin/python3"
 SETPRIV = "/usr/bin/setpriv"
-READY_TIMEOUT = 10.0
+# BALLAST_TEST_TIME_SCALE (scripts/test --tsan sets it): a server built with
+# a sanitizer runs several times slower; the harness's own waits for it (to
+# start, stop, elect, answer after an abuse) grow by this factor.  A test's
+# assertions about etcd's timing stay as they are.
+TIME_SCALE = max(1.0, float(os.environ.get("BALLAST_TEST_TIME_SCALE", "1")))
+READY_TIMEOUT = 10.0 * TIME_SCALE
+# how long a healthy server may take to answer a Put or a Range after an abuse
+HEALTH_TIMEOUT = 5.0 * TIME_SCALE
 # big range answers (the server's send limit is math.MaxInt32, like etcd's)
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 256 * 1024 * 1024)]
-STOP_TIMEOUT = 10.0
+STOP_TIMEOUT = 10.0 * TIME_SCALE
 
 SOURCE_DIR = os.environ.get(
     "BALLAST_SOURCE_DIR",
@@ -551,6 +558,37 @@ class Server:
     def etcdctl(self, *args, stdin=None, timeout=30):
         return etcdctl(self.endpoint, *args, stdin=stdin, timeout=timeout)
 
+    def check_healthy(self, what, timeout=HEALTH_TIMEOUT):
+        """After an abuse (`what`): the server still runs and, on a
+        connection of its own, answers a Put and then a linearizable Range
+        that sees it, each within `timeout` seconds.  Returns the Put's
+        revision."""
+        self._health_puts = getattr(self, "_health_puts", 0) + 1
+        key = b"health/%d" % self._health_puts
+        channel = self.new_channel()
+        try:
+            kv = rpc_pb2_grpc.KVStub(channel)
+            started = time.monotonic()
+            rev = kv.Put(rpc_pb2.PutRequest(key=key, value=b"ok"), timeout=timeout).header.revision
+            put_seconds = time.monotonic() - started
+            started = time.monotonic()
+            resp = kv.Range(rpc_pb2.RangeRequest(key=key), timeout=timeout)
+            range_seconds = time.monotonic() - started
+        except grpc.RpcError as exc:
+            raise TestFailure("%s unhealthy after %s: %s %s; end of its log:\n%s"
+                              % (self, what, exc.code().name, exc.details(), self.log_tail()))
+        finally:
+            channel.close()
+        check(self.running(), "%s exited after %s; end of its log:\n%s"
+              % (self, what, self.log_tail()))
+        check(len(resp.kvs) == 1 and resp.kvs[0].mod_revision == rev,
+              "%s after %s: a linearizable Range of %r did not see the Put at revision %d: %s"
+              % (self, what, key, rev, resp))
+        if put_seconds + range_seconds > timeout / 2:
+            log("%s after %s: Put %.2fs, Range %.2fs" % (self, what, put_seconds,
+                                                        range_seconds))
+        return rev
+
     # HTTP
     def http_get(self, path, timeout=5):
         with urllib.request.urlopen(self.metrics_url + path, timeout=timeout) as resp:
@@ -712,7 +750,7 @@ def artifacts_dir(name):
 # etcd's flags for a quick test cluster: 100 ms heartbeats, elections after 1 s
 # (also etcd's defaults, given explicitly so that both kinds agree)
 CLUSTER_TIMING_ARGS = ["--heartbeat-interval", "100", "--election-timeout", "1000"]
-CLUSTER_READY_TIMEOUT = 30.0
+CLUSTER_READY_TIMEOUT = 30.0 * TIME_SCALE
 
 # fields of etcd 3.4 messages that python3-etcd3's (etcd 3.3) stubs do not know
 STATUS_RAFT_APPLIED_INDEX = 7      # StatusResponse.raftAppliedIndex

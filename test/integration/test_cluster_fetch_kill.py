@@ -82,7 +82,9 @@ def main():
         def far_enough(_n):
             applied = harness.applied_index(cluster.leader(members=others).status())
             return applied - victim_index >= ENTRIES_BEHIND
-        acked, write_time = write_while(others, b"k/w/", far_enough, 30.0)
+        # a budget to get that far (longer for a sanitizer build)
+        acked, write_time = write_while(others, b"k/w/", far_enough,
+                                        30.0 * harness.TIME_SCALE)
         behind = harness.applied_index(cluster.leader(members=others).status()) - victim_index
         check(behind >= ENTRIES_BEHIND, "the leader got only %d entries past %s in %.0fs"
               % (behind, victim.name, write_time))

@@ -48,7 +48,7 @@ from harness import check, rpc_pb2
 SNAPSHOT_COUNT = 1000
 ETCD_CATCHUP_ENTRIES = 5000      # etcd's SnapshotCatchUpEntries
 CLIENTS = 8
-WRITE_SECONDS = 30.0
+WRITE_SECONDS = 30.0 * harness.TIME_SCALE     # a budget to reach the entry counts
 MIN_PUTS = 10000                 # > 5000 + several snapshot counts
 MAX_PUTS = 200000
 CATCHUP_BOUND = 30.0

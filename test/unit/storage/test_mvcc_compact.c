@@ -2,6 +2,7 @@
  * comparison with a simple model of the full history, and reads running
  * concurrently with apply. */
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include <rocksdb/c.h>
 
@@ -369,15 +370,15 @@ static void test_model(void)
 
 typedef struct reader_arg {
     tstore *t;
-    volatile int stop;
-    long reads;
+    atomic_bool *stop; /* shared by the readers, set by the writer */
+    long reads;        /* this reader's own count */
 } reader_arg;
 
 static void *reader(void *p)
 {
     reader_arg *a = p;
     mvcc_buf out = {0};
-    while (!a->stop) {
+    while (!atomic_load(a->stop)) {
         Etcdserverpb__RangeRequest q = ETCDSERVERPB__RANGE_REQUEST__INIT;
         q.key = bin("x");
         q.range_end = bin("z");
@@ -407,10 +408,11 @@ static void test_concurrent_reads(void)
 {
     tstore t;
     ts_open(&t);
-    reader_arg a = {&t, 0, 0};
+    atomic_bool stop = false;
+    reader_arg a[2] = {{&t, &stop, 0}, {&t, &stop, 0}};
     pthread_t th[2];
     for (int i = 0; i < 2; i++)
-        CHECK(pthread_create(&th[i], NULL, reader, &a) == 0);
+        CHECK(pthread_create(&th[i], NULL, reader, &a[i]) == 0);
     for (int i = 0; i < 2000; i++) {
         char v[16];
         snprintf(v, sizeof(v), "%d", i);
@@ -440,10 +442,10 @@ static void test_concurrent_reads(void)
         CHECK(mvcc_apply(t.m, ++t.index, &t.h, ops2, (i % 50 == 49) ? 2 : 1, &t.out, res) == 0);
         CHECK_EQ_INT(res[0].status, 0);
     }
-    a.stop = 1;
+    atomic_store(&stop, true);
     for (int i = 0; i < 2; i++)
         pthread_join(th[i], NULL);
-    CHECK(a.reads > 0);
+    CHECK(a[0].reads + a[1].reads > 0);
     ts_close(&t);
 }
 

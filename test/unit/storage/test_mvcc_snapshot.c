@@ -366,6 +366,13 @@ static void test_bad_streams(void)
  * exits without ending the load; the store then opens incomplete. */
 static void test_crash_in_load(void)
 {
+#ifdef __SANITIZE_THREAD__
+    /* ThreadSanitizer aborts a child forked from a threaded process as soon
+     * as it starts a thread (RocksDB's, in mvcc_open); the crash it stands
+     * for has nothing to do with threads. */
+    printf("crash in load: skipped under ThreadSanitizer\n");
+    return;
+#endif
     tstore a, b;
     ts_open(&a);
     fill_source(&a);

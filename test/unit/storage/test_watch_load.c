@@ -3,6 +3,8 @@
  * events at once; the bounded input queue overflows and everybody catches
  * up; a thousand watchers on one key; a randomized run checked against a
  * model of the history. */
+#include <stdatomic.h>
+
 #include "watch_test.h"
 
 static void put_i(tstore *t, const char *k, int i)
@@ -45,14 +47,14 @@ static void check_put_run(fake *f, int64_t id, const char *k, int first, int n, 
 
 typedef struct drainer {
     fake *f;
-    volatile bool stop;
+    atomic_bool stop; /* set by the test's thread while the drainer runs */
 } drainer;
 
 /* A slow reader: the backlog empties every 20 ms. */
 static void *drain_main(void *arg)
 {
     drainer *d = arg;
-    while (!d->stop) {
+    while (!atomic_load(&d->stop)) {
         struct timespec ts = {0, 20 * 1000 * 1000};
         nanosleep(&ts, NULL);
         pthread_mutex_lock(&d->f->mu);
@@ -105,7 +107,7 @@ static void test_stalled_stream(void)
     for (int i = n + 2; i <= n + 200; i++)
         put_i(&t, "k", i);
     CHECK(fake_wait_events(&a, 2 * (n + 200), 20000));
-    d.stop = true;
+    atomic_store(&d.stop, true);
     pthread_join(th, NULL);
     check_put_run(&a, 0, "k", 1, n + 200, 3, true);
     check_put_run(&a, 1, "k", 1, n + 200, 3, false);
@@ -143,10 +145,11 @@ static void test_queue_overflow(void)
     w_create(&b, "", (wopts){.end = ""});
     w_create(&b, "k", (wopts){.start = 1000}); /* future, synced: dropped too */
     CHECK(fake_wait_events(&b, 0, 100));
-    while (b.n < 2) {
-        struct timespec ts = {0, 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
+    /* b.n is written by the hub thread under b.mu */
+    pthread_mutex_lock(&b.mu);
+    while (b.n < 2)
+        pthread_cond_wait(&b.cv, &b.mu);
+    pthread_mutex_unlock(&b.mu);
     /* hold the hub thread inside a send */
     pthread_mutex_lock(&g.mu);
     g.gate = true;
@@ -308,7 +311,8 @@ static void test_random(unsigned seed)
     drainer d[NS];
     pthread_t th[NS];
     for (int i = 0; i < NS; i++) {
-        d[i] = (drainer){&f[i], false};
+        d[i].f = &f[i];
+        atomic_init(&d[i].stop, false);
         pthread_create(&th[i], NULL, drain_main, &d[i]);
     }
     for (int step = 0; step < STEPS; step++) {
@@ -370,7 +374,7 @@ static void test_random(unsigned seed)
         }
     }
     for (int i = 0; i < NS; i++) {
-        d[i].stop = true;
+        atomic_store(&d[i].stop, true);
         pthread_join(th[i], NULL);
         pthread_mutex_lock(&f[i].mu);
         f[i].stall = false;
