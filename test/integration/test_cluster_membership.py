@@ -49,14 +49,22 @@ def member_list(cluster, members=None):
     return json.loads(res.stdout)["members"]
 
 
-def check_listed(cluster, expected):
-    """`expected`: [(name, peer URL, learner)] in any order."""
-    listed = member_list(cluster)
-    got = sorted((m.get("name", ""), tuple(m.get("peerURLs", [])), bool(m.get("isLearner")))
-                 for m in listed)
+def check_listed(cluster, expected, bound=5.0):
+    """`expected`: [(name, peer URL, learner)] in any order. MemberList is
+    answered from the member's own applied state (etcd 3.4 too), and etcdctl
+    may ask a member that has not applied the change yet: the list must show
+    it within `bound` seconds."""
     want = sorted((name, (peer,), learner) for name, peer, learner in expected)
-    check(got == want, "member list shows %s, expected %s" % (got, want))
-    return listed
+    deadline = time.monotonic() + bound
+    while True:
+        listed = member_list(cluster)
+        got = sorted((m.get("name", ""), tuple(m.get("peerURLs", [])), bool(m.get("isLearner")))
+                     for m in listed)
+        if got == want:
+            return listed
+        check(time.monotonic() < deadline,
+              "member list shows %s, expected %s (after %.0f s)" % (got, want, bound))
+        time.sleep(0.1)
 
 
 def wait_serves(member, prefix, count, bound):
