@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,6 +107,21 @@ static void raise_open_file_limit(void)
     }
 }
 
+/* Debian 12's abseil, under gRPC, is built with its debug checks on: every
+ * lock of an absl::Mutex (gRPC takes several per call) records the lock in
+ * a global deadlock-detection graph, under a global lock, with a stack
+ * trace for each new edge. Switching that off is absl's own call,
+ * absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore); it
+ * is C++, so it is looked up by its name in Debian's build (inline
+ * namespace debian3) and skipped where that build is not the one loaded. */
+static void absl_deadlock_detection_off(void)
+{
+    void (*set_mode)(int) = (void (*)(int))dlsym(
+        RTLD_DEFAULT, "_ZN4absl7debian329SetMutexDeadlockDetectionModeENS0_15OnDeadlockCycleE");
+    if (set_mode)
+        set_mode(0 /* kIgnore */);
+}
+
 int main(int argc, char **argv, char **envp)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -162,6 +178,7 @@ int main(int argc, char **argv, char **envp)
     if (!b.watch)
         die("cannot start the watch hub", err);
 
+    absl_deadlock_detection_off();
     grpc_init();
     if (cluster_init(&b, &err) != 0)
         die("cannot start the cluster layer", err);
