@@ -140,7 +140,7 @@ class Client(threading.Thread):
                 history.ok(op, r.header.revision)
                 with self.load.lock:
                     self.load.acked.append((key, value, r.header.revision))
-                    self.load.ack_times.append(time.monotonic())
+                    self.load.ack_times.append((op.invoked, op.returned))
         try:
             done(call())
             with self.load.lock:
@@ -166,7 +166,7 @@ class Load:
         self.history = lincheck.History()
         self.lock = threading.Lock()
         self.acked = []              # (key, value, revision) of unique-key Puts
-        self.ack_times = []
+        self.ack_times = []          # (invoked, returned) of each acknowledged one
         self.uncertain = []          # (key, value) of unique-key Puts that failed
         self.errors = []             # (time, member name, code, details)
         self.served = []             # (member name, invoked, returned) of answered operations
@@ -204,17 +204,15 @@ class Load:
             return len(self.acked)
 
     def wait_acked_after(self, since, timeout, what):
-        """Waits until a unique-key Put is acknowledged after `since`
-        (time.monotonic()); returns how long after `since` that was."""
+        """Waits until a unique-key Put invoked after `since` (time.monotonic())
+        is acknowledged; returns how long after `since` that was."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self.lock:
-                i = len(self.ack_times)
-                while i > 0 and self.ack_times[i - 1] > since:
-                    i -= 1
-                first = self.ack_times[i] if i < len(self.ack_times) else None
-            if first is not None:
-                return first - since
+                later = [returned for invoked, returned in self.ack_times[-200:]
+                         if invoked > since]
+            if later:
+                return min(later) - since
             time.sleep(0.05)
         raise harness.TestFailure("no Put acknowledged within %.0fs %s (errors: %s)"
                                   % (timeout, what, self.error_summary()))
