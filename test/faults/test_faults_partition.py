@@ -33,16 +33,27 @@ import faults
 import harness
 from harness import check, rpc_pb2
 
-# What a linearizable request to a member cut off from the others may get:
-# etcd 3.4's answers (seen in this test and in test_cluster_minority.py) -
-# its request timeout, a proposal dropped because the member has no leader
-# (the client's own deadline then), and the client's own deadline.
+# What a request to a member cut off from the others may get: etcd 3.4's
+# answers, as in test_cluster_minority.py (which explains each from etcd's
+# source).  Seen here from etcd: the Range's 7 s request timeout (13 s when
+# it waited for a second read-index round), and UNKNOWN "context deadline
+# exceeded" for the Put (with no leader raft's Propose blocks until the 7 s
+# context ends); Ballast answers the Put with the request timeout.
 ERRORS = {
-    (grpc.StatusCode.UNAVAILABLE, "etcdserver: request timed out"),
-    (grpc.StatusCode.UNKNOWN, "context deadline exceeded"),
-    (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"),
+    "range": {
+        (grpc.StatusCode.UNAVAILABLE, "etcdserver: request timed out"),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"),
+    },
+    "put": {
+        (grpc.StatusCode.UNAVAILABLE, "etcdserver: request timed out"),
+        (grpc.StatusCode.UNAVAILABLE,
+         "etcdserver: request timed out, possibly due to connection lost"),
+        (grpc.StatusCode.UNKNOWN, "context deadline exceeded"),
+    },
 }
 PROBE_TIMEOUT = 15.0
+ELECT_BOUND = 15.0
+STEP_DOWN_BOUND = 10.0
 
 
 def probe(load, member, what):
@@ -78,17 +89,33 @@ def served_during(load, member, since, until):
         return [s for s in load.served if s[0] == member.name and s[1] > since and s[2] < until]
 
 
-def step_down_time(member, since, bound):
-    deadline = since + bound
-    while time.monotonic() < deadline:
-        try:
-            if member.status(timeout=1.0).leader != member.member_id:
-                return time.monotonic() - since
-        except grpc.RpcError:
-            pass
+def elect_and_step_down(cluster, old, others, since):
+    """Waits (ELECT_BOUND, STEP_DOWN_BOUND) until the others agree on a new
+    leader and until the old leader's own Status no longer names itself;
+    returns (new leader, seconds to elect, seconds to step down)."""
+    new = elected = stepped = None
+    deadline = since + max(ELECT_BOUND, STEP_DOWN_BOUND)
+    while (elected is None or stepped is None) and time.monotonic() < deadline:
+        now = time.monotonic()
+        if stepped is None:
+            try:
+                if old.status(timeout=1.0).leader != old.member_id:
+                    stepped = now - since
+            except grpc.RpcError:
+                pass
+        if elected is None:
+            try:
+                new = cluster.leader(timeout=0.2, members=others)
+                elected = now - since
+            except harness.TestFailure:
+                pass
         time.sleep(0.05)
-    raise harness.TestFailure("%s still names itself leader %.0fs after it was cut off"
-                              % (member, bound))
+    check(elected is not None and elected <= ELECT_BOUND,
+          "the two others agreed on no leader within %.0fs of cutting off %s"
+          % (ELECT_BOUND, old.name))
+    check(stepped is not None and stepped <= STEP_DOWN_BOUND,
+          "%s still named itself leader %.0fs after it was cut off" % (old, STEP_DOWN_BOUND))
+    return new, elected, stepped
 
 
 def heal_and_check(net, cluster, load, label):
@@ -106,9 +133,7 @@ def cut_leader(net, cluster, load, rng, label, figures):
     others = [m for m in cluster.members if m is not old]
     net.isolate(cluster.members.index(old))
     cut_at = time.monotonic()
-    new = cluster.leader(timeout=15.0, members=others)
-    elected = time.monotonic() - cut_at
-    stepped = step_down_time(old, cut_at, 10.0)
+    new, elected, stepped = elect_and_step_down(cluster, old, others, cut_at)
     wrote = load.wait_acked_after(cut_at, 20.0, "after %s was cut off" % old.name)
     harness.log("%s: leader %s cut off; %s elected after %.2fs, writes again after %.2fs; "
                 "%s stepped down after %.2fs" % (label, old.name, new.name, elected, wrote,
@@ -121,9 +146,9 @@ def cut_leader(net, cluster, load, rng, label, figures):
               % (what, old.name))
         harness.log("%s: %s at the old leader failed after %.1fs: %s %s"
                     % (label, what, took, error[0].name, error[1]))
-        check(error in ERRORS, "%s at the cut-off old leader failed with %s %r, not one of "
-              "etcd's errors %s" % (what, error[0].name, error[1],
-                                    sorted("%s %s" % (c.name, d) for c, d in ERRORS)))
+        check(error in ERRORS[what], "%s at the cut-off old leader failed with %s %r, not one "
+              "of etcd's errors %s" % (what, error[0].name, error[1],
+                                       sorted("%s %s" % (c.name, d) for c, d in ERRORS[what])))
     healed_at = time.monotonic()
     wrong = served_during(load, old, cut_at, healed_at)
     check(not wrong, "%d operations at the cut-off old leader %s succeeded, e.g. %s"
