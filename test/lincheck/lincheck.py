@@ -318,10 +318,13 @@ def check(ops, max_steps=5_000_000, max_seconds=600.0):
         limit = INF
         result = []
         j = 0
-        while base + j < n and invoked[base + j] < limit:
-            if not (window >> j) & 1:
-                limit = min(limit, returned[base + j])
-                result.append(("d", base + j))
+        while True:
+            rest = window >> j       # skip the linearized ones (a run of 1 bits) at once
+            j += ((~rest) & (rest + 1)).bit_length() - 1
+            if base + j >= n or invoked[base + j] >= limit:
+                break
+            limit = min(limit, returned[base + j])
+            result.append(("d", base + j))
             j += 1
         result = [c for c in result if invoked[c[1]] < limit]
         for c in result:
