@@ -312,9 +312,11 @@ class Netns:
     pfifo of length 0 on both ends: every packet is dropped in silence, like
     a cable pulled, while routes and addresses stay (heal removes it)."""
 
+    TAG = "blf"
+
     def __init__(self, size=3):
         pid = os.getpid()
-        self.tag = "bf%d" % (pid % 100000)
+        self.tag = "%s%d" % (self.TAG, pid)     # interface names stay within 15 characters
         self.block = 64 + pid % 128
         self.size = size
         self.names = ["%sm%d" % (self.tag, i + 1) for i in range(size)]
@@ -350,7 +352,28 @@ class Netns:
     def ns(self, i, *cmd):
         return _run(IP, "netns", "exec", self.names[i], *cmd)
 
+    @classmethod
+    def remove_leftovers(cls):
+        """Deletes the namespaces of earlier runs whose test process is gone
+        (killed before its clean-up: a ctest timeout sends SIGKILL)."""
+        try:
+            names = os.listdir("/run/netns")
+        except OSError:
+            return
+        for name in names:
+            match = re.fullmatch(cls.TAG + r"(\d+)m\d+", name)
+            if not match:
+                continue
+            try:
+                os.kill(int(match.group(1)), 0)
+                continue                     # its test is still running
+            except ProcessLookupError:
+                pass
+            harness.log("deleting network namespace %s left by a killed run" % name)
+            subprocess.run([IP, "netns", "del", name], capture_output=True, timeout=30)
+
     def setup(self):
+        self.remove_leftovers()
         try:
             self._setup()
         except BaseException:
