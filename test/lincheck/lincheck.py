@@ -284,6 +284,10 @@ def check(ops, max_steps=5_000_000, max_seconds=600.0):
         elif op.kind == "cas" and op.compare[0] == "value":
             mentioned.add((op.key, op.compare[1]))
     unmentioned = [(op.key, op.value) not in mentioned for op in pending]
+    pinned_at = {}
+    for i, op in enumerate(pending):
+        if op.pinned is not None:
+            pinned_at.setdefault(op.pinned, []).append(i)
     invoked = [op.invoked for op in done_ops]
     returned = [op.returned for op in done_ops]
     model = _Model([op.revision for op in done_ops if op.kind == "put" or
@@ -305,8 +309,9 @@ def check(ops, max_steps=5_000_000, max_seconds=600.0):
     def candidates(base, window, pend):
         """Operations that may come next: every unlinearized completed one
         invoked before the earliest return among them, and every pending
-        one invoked before that time (pinned ones first, then the others:
-        both orders are explored, this one finds a correct order sooner).
+        one invoked before that time that may take the next revision (pinned
+        ones first, then the others: both orders are explored, this one
+        finds a correct order sooner).
 
         Partial-order reduction: a completed operation that changes nothing
         (a read, a failed compare-and-set) and is legal now is taken at once,
@@ -331,15 +336,21 @@ def check(ops, max_steps=5_000_000, max_seconds=600.0):
             op = done_ops[c[1]]
             if reads_nothing_changed(op) and model.step(op)[0]:
                 return [c]
+        # an unknown write can only take the next revision: the one it is
+        # pinned to, or (unpinned) one that no answer names
+        following = model.revision + 1
+        for i in pinned_at.get(following, ()):
+            if pending[i].invoked < limit and not (pend >> i) & 1:
+                result.append(("p", i))
+        if following in model.taken:
+            return result
         late, classes = [], set()
         for i, op in enumerate(pending):
             if op.invoked >= limit:
                 break
-            if (pend >> i) & 1:
+            if (pend >> i) & 1 or op.pinned is not None:
                 continue
-            if op.pinned is not None:
-                result.append(("p", i))
-            elif unmentioned[i]:
+            if unmentioned[i]:
                 # symmetry: unknown writes of values that appear nowhere else,
                 # of the same kind, key and compare, all invoked already and
                 # never returning, can stand in for each other: try one
