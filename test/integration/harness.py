@@ -234,10 +234,10 @@ def free_port():
     raise TestFailure("could not find a free port")
 
 
-def port_in_use(port):
+def port_in_use(port, host="127.0.0.1"):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(1.0)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        return s.connect_ex((host, port)) == 0
 
 
 def candidate_kind():
@@ -364,10 +364,15 @@ class Server:
 
     kind: "ballast", "etcd", or None for the candidate.  data_dir: reuse a
     directory (e.g. to restart), else a new empty one.  extra_args: more flags
-    (e.g. ["--batch-policy", "off"])."""
+    (e.g. ["--batch-policy", "off"]).  host: the loopback address it listens
+    on; command_prefix: what runs it (e.g. ["ip", "netns", "exec", NS], which
+    execs the server: the PID stays the server's)."""
 
-    def __init__(self, kind=None, data_dir=None, extra_args=(), name="default"):
+    def __init__(self, kind=None, data_dir=None, extra_args=(), name="default",
+                 host="127.0.0.1", command_prefix=()):
         self.kind = kind or candidate_kind()
+        self.host = host
+        self.command_prefix = list(command_prefix)
         self.binary = binary_for(self.kind)
         self.name = name
         self.work_dir = make_temp_dir("ballast-it-%s-" % self.kind)
@@ -389,19 +394,19 @@ class Server:
     # addresses
     @property
     def endpoint(self):
-        return "127.0.0.1:%d" % self.client_port
+        return "%s:%d" % (self.host, self.client_port)
 
     @property
     def client_url(self):
-        return "http://127.0.0.1:%d" % self.client_port
+        return "http://%s:%d" % (self.host, self.client_port)
 
     @property
     def peer_url(self):
-        return "http://127.0.0.1:%d" % self.peer_port
+        return "http://%s:%d" % (self.host, self.peer_port)
 
     @property
     def metrics_url(self):
-        return "http://127.0.0.1:%d" % self.metrics_port
+        return "http://%s:%d" % (self.host, self.metrics_port)
 
     def command(self):
         return [self.binary, "--name", self.name, "--data-dir", self.data_dir,
@@ -426,7 +431,7 @@ class Server:
         self.starts += 1
         with open(self.log_path, "ab") as logf:
             logf.write(b"\n===== start %d: %s\n" % (self.starts, " ".join(self.command()).encode()))
-        self.proc = spawn(self.command(), self.log_path)
+        self.proc = spawn(self.command_prefix + self.command(), self.log_path)
         if wait:
             self.wait_ready()
         return self
@@ -440,7 +445,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise TestFailure("%s exited with status %s while starting; end of its log:\n%s"
                                   % (self, self.proc.returncode, self.log_tail()))
-            if not port_in_use(self.client_port):
+            if not port_in_use(self.client_port, self.host):
                 last = "client port not listening"
                 time.sleep(0.05)
                 continue
@@ -802,8 +807,9 @@ class Member(Server):
     SIGSTOPped (harness clean-up always continues it before stopping it)."""
 
     def __init__(self, cluster, name, initial_cluster_state="new", extra_args=(),
-                 learner=False, spare_peer_port=False):
-        super().__init__(kind=cluster.kind, extra_args=extra_args, name=name)
+                 learner=False, spare_peer_port=False, host="127.0.0.1", command_prefix=()):
+        super().__init__(kind=cluster.kind, extra_args=extra_args, name=name, host=host,
+                         command_prefix=command_prefix)
         # a second peer port it also listens on, to move to (`member update`)
         self.spare_peer_port = free_port() if spare_peer_port else None
         self.cluster = cluster
@@ -815,7 +821,7 @@ class Member(Server):
 
     @property
     def spare_peer_url(self):
-        return "http://127.0.0.1:%d" % self.spare_peer_port
+        return "http://%s:%d" % (self.host, self.spare_peer_port)
 
     def listen_peer_urls(self):
         if self.spare_peer_port is None:
@@ -895,16 +901,20 @@ class Cluster:
     Members are started and stopped from the thread that created the Cluster
     (see Server).  `extra_args` go to every member (e.g. ["--snapshot-count",
     "1000"]).  With `spare_peer_ports` every member also listens on a second
-    peer port (Member.spare_peer_url), one `member update` can move it to."""
+    peer port (Member.spare_peer_url), one `member update` can move it to.
+    `placement(i)`, if given, says where member i runs: (host, command_prefix)
+    as for Server (the fault tests put each member in a network namespace)."""
 
     def __init__(self, size=3, kind=None, extra_args=(), name_prefix="m",
-                 spare_peer_ports=False):
+                 spare_peer_ports=False, placement=None):
         self.kind = kind or candidate_kind()
         self.token = "ballast-it-%s" % os.urandom(4).hex()
         self.extra_args = list(extra_args)
         self.name_prefix = name_prefix
         self.members = [Member(self, "%s%d" % (name_prefix, i + 1), "new", extra_args,
-                               spare_peer_port=spare_peer_ports)
+                               spare_peer_port=spare_peer_ports,
+                               **(dict(zip(("host", "command_prefix"), placement(i)))
+                                  if placement else {}))
                         for i in range(size)]
         self.removed = []                # members taken out by remove_member()
         initial = self.initial_cluster_of(self.members)
