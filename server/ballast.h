@@ -88,6 +88,10 @@ int cluster_admit(rpc_call *call, const char *method, const uint8_t *req, size_t
  * cluster_stream_done from its on_done. */
 int cluster_stream_open(ballast_server *b, rpc_stream *st);
 void cluster_stream_done(ballast_server *b, rpc_stream *st);
+/* etcd's check of MemberAdd's and MemberUpdate's peer URLs: at least one,
+ * each http(s)://host:port without a path, or unix(s)://... Returns 1 when
+ * valid. (Pure: test/fuzz calls it on arbitrary requests.) */
+int cluster_urls_valid(char **urls, size_t n);
 /* "host:port" of the leader's first client URL: 0, or -1 when unknown. */
 int cluster_leader_target(ballast_server *b, uint64_t leader_id, char *out, size_t cap);
 /* etcd's request timeout for this member (5 s + 2 election timeouts). */
