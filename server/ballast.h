@@ -185,8 +185,15 @@ void kv_service_answer_compacted(ballast_server *b, rpc_call *call, int64_t rev,
 /* Answers a call with an mvcc result (response bytes in buf). */
 void ballast_reply_result(rpc_call *call, const mvcc_result *res, const uint8_t *buf);
 
-/* Decodes a request; on failure answers the call with gRPC's decoding
- * error and returns NULL. Free with protobuf_c_message_free_unpacked. */
+/* Decodes a request as etcd's Go decoder would: NULL when it is not a valid
+ * message. protobuf-c keeps a field numbered 0 (a tag written in two or more
+ * bytes) as an unknown field and packs it as a one-byte tag 0, which
+ * protobuf-c then refuses: a LeaseGrant carrying one was re-packed into an
+ * entry that stopped apply on every member. Go refuses such a message
+ * ("illegal tag 0"), so it is refused here too, at any depth. Pure. */
+void *ballast_decode(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len);
+/* ballast_decode; on failure answers the call with gRPC's decoding error
+ * and returns NULL. Free with protobuf_c_message_free_unpacked. */
 void *ballast_unpack(rpc_call *call, const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len);
 
 /* Packs a response message and sends it with status OK. */
