@@ -17,7 +17,9 @@
  * revisions, range kvs, count and more), the current and compact
  * revisions, and the whole key space at the current revision and at an
  * older one after each entry (reads at or after the compact revision keep
- * working while the store removes old revisions in the background).
+ * working while the store removes old revisions in the background), and
+ * the events the store reports to watchers for each entry (type, revision,
+ * sub revision, KeyValue, prev_kv).
  *
  * One store (in /dev/shm when there is one) serves every input: each
  * starts by loading the dump of an empty store into it (mvcc_load), so
@@ -162,9 +164,29 @@ static bool lease_exists(int64_t id)
     return id != 0 && s >= 0 && M.lease_live[s];
 }
 
+/* The changes of the entry being applied, in order: what the store's
+ * event hook must report (watchers get exactly these). */
+typedef struct change {
+    int key;
+    version now;
+    bool has_prev;
+    version prev;
+} change;
+
+#define MAX_CHANGES (MAX_ENTRY_OPS * 3 * N_KEYS)
+static change changes[MAX_CHANGES];
+static size_t n_changes;
+
 static void m_add(int i, version v)
 {
     FUZZ_CHECK(M.nv[i] < MAX_VERSIONS);
+    FUZZ_CHECK(n_changes < MAX_CHANGES);
+    change *c = &changes[n_changes++];
+    c->key = i;
+    c->now = v;
+    c->has_prev = M.nv[i] > 0 && !M.v[i][M.nv[i] - 1].tomb;
+    if (c->has_prev)
+        c->prev = M.v[i][M.nv[i] - 1];
     M.v[i][M.nv[i]++] = v;
 }
 
@@ -181,6 +203,75 @@ static void check_kv(const Mvccpb__KeyValue *kv, int i, const version *v, bool k
         FUZZ_CHECK(kv->value.len == 0);
     else
         FUZZ_CHECK(kv->value.len == v->vlen && (v->vlen == 0 || memcmp(kv->value.data, v->value, v->vlen) == 0));
+}
+
+/* ---- events, as the store's event hook reports them ---- */
+
+typedef struct event_copy {
+    int type;
+    int64_t rev, sub, create_rev;
+    Mvccpb__KeyValue *kv, *prev_kv;
+} event_copy;
+
+static event_copy events[MAX_CHANGES + 1];
+static size_t n_events;
+
+static void on_events(void *arg, const mvcc_event *evs, size_t n)
+{
+    (void)arg;
+    for (size_t i = 0; i < n; i++) {
+        /* More events than the model's changes fails the check below. */
+        FUZZ_CHECK(n_events <= MAX_CHANGES);
+        event_copy *e = &events[n_events++];
+        e->type = evs[i].type;
+        e->rev = evs[i].rev;
+        e->sub = evs[i].sub;
+        e->create_rev = evs[i].create_rev;
+        e->kv = mvccpb__key_value__unpack(NULL, evs[i].kv_len, evs[i].kv);
+        FUZZ_CHECK(e->kv != NULL);
+        FUZZ_CHECK(e->kv->key.len == evs[i].key_len && memcmp(e->kv->key.data, evs[i].key, evs[i].key_len) == 0);
+        e->prev_kv = NULL;
+        if (evs[i].prev_kv) {
+            e->prev_kv = mvccpb__key_value__unpack(NULL, evs[i].prev_kv_len, evs[i].prev_kv);
+            FUZZ_CHECK(e->prev_kv != NULL);
+        }
+    }
+}
+
+/* The entry's events are the model's changes, in order. */
+static void check_events(void)
+{
+    FUZZ_CHECK(n_events == n_changes);
+    for (size_t i = 0; i < n_events; i++) {
+        const event_copy *e = &events[i];
+        const change *c = &changes[i];
+        FUZZ_CHECK(e->rev == c->now.rev && e->sub == c->now.sub);
+        FUZZ_CHECK(e->type == (c->now.tomb ? MVCC_EVENT_DELETE : MVCC_EVENT_PUT));
+        FUZZ_CHECK(e->kv->mod_revision == c->now.rev);
+        if (c->now.tomb) {
+            FUZZ_CHECK(e->kv->key.len == keys[c->key].len && memcmp(e->kv->key.data, keys[c->key].s, keys[c->key].len) == 0);
+        } else {
+            check_kv(e->kv, c->key, &c->now, false);
+            FUZZ_CHECK(e->create_rev == c->now.create);
+        }
+        if (c->has_prev) {
+            FUZZ_CHECK(e->prev_kv != NULL);
+            check_kv(e->prev_kv, c->key, &c->prev, false);
+        } else {
+            FUZZ_CHECK(e->prev_kv == NULL);
+        }
+    }
+}
+
+static void clear_events(void)
+{
+    for (size_t i = 0; i < n_events; i++) {
+        mvccpb__key_value__free_unpacked(events[i].kv, NULL);
+        if (events[i].prev_kv)
+            mvccpb__key_value__free_unpacked(events[i].prev_kv, NULL);
+    }
+    n_events = 0;
+    n_changes = 0;
 }
 
 /* A Range at revision `at` (already resolved), as etcd answers it. */
@@ -250,6 +341,7 @@ static void store_open(void)
         ;
     FUZZ_CHECK(rc == 0);
     mvcc_dump_close(d);
+    mvcc_set_event_hook(S.m, on_events, NULL);
     atexit(store_close);
 }
 
@@ -793,6 +885,8 @@ static void flush(prog *g)
     FUZZ_CHECK(mvcc_applied_index(S.m) == S.index);
     for (size_t i = 0; i < n_entry; i++)
         m_apply(&entry[i], &results[i], S.out.data);
+    check_events();
+    clear_events();
     n_entry = 0;
     check_everything(g);
 }
@@ -902,6 +996,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     M.rev = 1;
     M.compact = -1;
     n_entry = 0;
+    clear_events();
     store_reset();
     prog g = {data, size};
     for (int i = 0; i < MAX_STEPS && g.n > 0; i++)
