@@ -2,7 +2,8 @@
 
 The same raw requests go to etcd 3.4.23 and to the candidate:
   - malformed protobuf bytes to KV/Put, KV/Range, KV/DeleteRange, KV/Txn,
-    Lease/LeaseGrant and Lease/LeaseRevoke:
+    Lease/LeaseGrant and Lease/LeaseRevoke, and a field numbered 0 in the
+    Watch and LeaseKeepAlive streams:
     same gRPC status code as etcd (and the same message when etcd's message is
     not a Go decoder text, e.g. a valid message whose key is missing);
   - a Put just under --max-request-bytes (1.5 MiB) succeeds on both; one above
@@ -43,6 +44,13 @@ MALFORMED = [
     ("field number 0 in a two-byte tag", b"\x80\x00\x00"),
     ("field number 0 in a nested message", b"\x12\x03\x80\x00\x00"),
 ]
+# (field 2 of WatchRequest is a message, cancel_request; LeaseKeepAliveRequest
+# has none, so there the nested case would be a valid unknown field)
+BIDI_CASES = [
+    ("/etcdserverpb.Watch/Watch", "field number 0 in a two-byte tag", b"\x80\x00\x00"),
+    ("/etcdserverpb.Watch/Watch", "field number 0 in a nested message", b"\x12\x03\x80\x00\x00"),
+    ("/etcdserverpb.Lease/LeaseKeepAlive", "field number 0 in a two-byte tag", b"\x80\x00\x00"),
+]
 # Lease methods are proposed re-packed from the decoded request, not as the
 # client's bytes.
 METHODS = ["/etcdserverpb.KV/Put", "/etcdserverpb.KV/Range",
@@ -55,12 +63,16 @@ def identity(data):
     return data
 
 
-def call(server, method, payload, streaming=False):
+def call(server, method, payload, streaming=False, bidi=False):
     """Sends raw bytes; returns (code name, details, seconds)."""
     channel = server.channel()
     started = time.monotonic()
     try:
-        if streaming:
+        if bidi:
+            stub = channel.stream_stream(method, request_serializer=identity,
+                                         response_deserializer=identity)
+            list(stub(iter([payload]), timeout=DEADLINE))
+        elif streaming:
             stub = channel.unary_stream(method, request_serializer=identity,
                                         response_deserializer=identity)
             list(stub(payload, timeout=DEADLINE))
@@ -95,12 +107,12 @@ class Comparison:
             raise harness.TestFailure("candidate stopped serving after %s; end of its log:\n%s"
                                       % (what, self.cand.log_tail()))
 
-    def compare(self, what, method, payload, streaming=False, same_message=None):
+    def compare(self, what, method, payload, streaming=False, same_message=None, bidi=False):
         """Same code as etcd; same message too when `same_message` (default:
         unless etcd's message is its Go decoder's text)."""
         self.count += 1
-        want = call(self.ref, method, payload, streaming)
-        got = call(self.cand, method, payload, streaming)
+        want = call(self.ref, method, payload, streaming, bidi)
+        got = call(self.cand, method, payload, streaming, bidi)
         self.still_serving(what)
         if same_message is None:
             same_message = not want[1].startswith(GO_DECODER_PREFIX)
@@ -119,6 +131,14 @@ def main():
                 want, _ = cmp.compare(what, method, payload)
                 harness.check(want[0] != "OK" or method != "/etcdserverpb.KV/Put",
                               "etcd accepted %r on Put: the case is not malformed" % payload)
+
+        # A stream message that does not decode ends the stream with
+        # INTERNAL (etcd's text is "grpc: failed to unmarshal the received
+        # message" + its Go decoder's); a valid one leaves it open until the
+        # deadline.
+        for method, what, payload in BIDI_CASES:
+            want, _ = cmp.compare(what, method, payload, bidi=True, same_message=False)
+            harness.check(want[0] == "INTERNAL", "etcd answered %s on %s" % (want, method))
 
         limit = 3 * MiB // 2
         want, _ = cmp.compare("value of 1 MiB", METHODS[0], put_bytes(MiB))
