@@ -269,7 +269,7 @@ static void check_watch_stream(const uint8_t *data, size_t len)
         data++, len--;
         if (mlen > len)
             mlen = len;
-        Etcdserverpb__WatchRequest *req = etcdserverpb__watch_request__unpack(NULL, mlen, data);
+        Etcdserverpb__WatchRequest *req = ballast_decode(&etcdserverpb__watch_request__descriptor, data, mlen);
         data += mlen, len -= mlen;
         /* The Watch service ends the stream on a message it cannot decode. */
         if (!req)
