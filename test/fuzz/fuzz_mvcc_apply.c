@@ -14,10 +14,12 @@
  * create revision, version, value, lease) and answers what etcd answers:
  * each op's error message or its response (header revision, prev_kv(s),
  * deleted count, txn branch and sub-responses with their header
- * revisions, range kvs, count and more), the current and compact
- * revisions, and the whole key space at the current revision and at an
- * older one after each entry (reads at or after the compact revision keep
- * working while the store removes old revisions in the background), and
+ * revisions, range kvs, count and more under limit, sort order and
+ * target, min/max mod and create revision filters, keys_only,
+ * count_only), the current and compact revisions, and the whole key space
+ * at the current revision and at an older one after each entry (reads at
+ * or after the compact revision keep working while the store removes old
+ * revisions in the background), and
  * the events the store reports to watchers for each entry (type, revision,
  * sub revision, KeyValue, prev_kv).
  *
@@ -150,6 +152,16 @@ static bool in_range(int i, ProtobufCBinaryData key, ProtobufCBinaryData end)
     return bytes_cmp(k, kl, end.data, end.len) < 0;
 }
 
+/* The table index of a key that is one of the table's. */
+static int key_index(ProtobufCBinaryData key)
+{
+    for (int k = 0; k < N_KEYS; k++)
+        if (in_range(k, key, (ProtobufCBinaryData){0, NULL}))
+            return k;
+    FUZZ_CHECK(!"key not in the table");
+    return -1;
+}
+
 static int lease_slot(int64_t id)
 {
     for (int i = 0; i < N_LEASES; i++)
@@ -184,9 +196,14 @@ static void m_add(int i, version v)
     change *c = &changes[n_changes++];
     c->key = i;
     c->now = v;
-    c->has_prev = M.nv[i] > 0 && !M.v[i][M.nv[i] - 1].tomb;
-    if (c->has_prev)
-        c->prev = M.v[i][M.nv[i] - 1];
+    /* A watcher's prev_kv is the key before the revision (etcd reads it at
+     * mod_revision - 1), not an earlier change of the same txn: etcd's
+     * duplicate check lets a txn put a key and delete it with a range
+     * ending in "\0" (the interval [key, "\0") is empty to it). */
+    const version *prev = m_at(i, v.rev - 1);
+    c->has_prev = prev != NULL;
+    if (prev)
+        c->prev = *prev;
     M.v[i][M.nv[i]++] = v;
 }
 
@@ -274,27 +291,87 @@ static void clear_events(void)
     n_changes = 0;
 }
 
-/* A Range at revision `at` (already resolved), as etcd answers it. */
+/* The sort key of a version for a Range's sort_target, compared. */
+static int target_cmp(const Etcdserverpb__RangeRequest *q, int ia, const version *a, int ib, const version *b)
+{
+    switch (q->sort_target) {
+    case ETCDSERVERPB__RANGE_REQUEST__SORT_TARGET__VERSION: return (a->ver > b->ver) - (a->ver < b->ver);
+    case ETCDSERVERPB__RANGE_REQUEST__SORT_TARGET__CREATE: return (a->create > b->create) - (a->create < b->create);
+    case ETCDSERVERPB__RANGE_REQUEST__SORT_TARGET__MOD: return (a->rev > b->rev) - (a->rev < b->rev);
+    case ETCDSERVERPB__RANGE_REQUEST__SORT_TARGET__VALUE: {
+        int c = bytes_cmp(a->value, a->vlen, b->value, b->vlen);
+        return (c > 0) - (c < 0);
+    }
+    default: return (ia > ib) - (ia < ib); /* the table is in key order */
+    }
+}
+
+/* A Range at revision `at` (already resolved), as etcd 3.4's applier
+ * answers it: count is the number of keys in the range before the min/max
+ * filters; with a limit and neither sort order nor filter, only limit + 1
+ * keys (in key order) are fetched and then sorted (a sort_target other than
+ * KEY sorts ascending even with sort_order NONE); more is set when kvs were
+ * cut. Go sorts 12 items or fewer by insertion: stable, so ties stay in key
+ * order, also when descending. */
 static void check_range_resp(const Etcdserverpb__RangeResponse *r, const Etcdserverpb__RangeRequest *q,
                              int64_t at, int64_t header_rev)
 {
     FUZZ_CHECK(r->header && r->header->revision == header_rev);
-    size_t count = 0, shown = 0;
+    int idx[N_KEYS];
+    const version *ver[N_KEYS];
+    size_t n = 0;
     for (int i = 0; i < N_KEYS; i++) {
         const version *v;
-        if (!in_range(i, q->key, q->range_end) || !(v = m_at(i, at)))
-            continue;
-        count++;
-        if (q->count_only || (q->limit > 0 && shown >= (size_t)q->limit))
-            continue;
-        FUZZ_CHECK(shown < r->n_kvs);
-        check_kv(r->kvs[shown], i, v, q->keys_only);
-        shown++;
+        if (in_range(i, q->key, q->range_end) && (v = m_at(i, at))) {
+            idx[n] = i;
+            ver[n++] = v;
+        }
     }
-    FUZZ_CHECK(r->n_kvs == shown);
-    FUZZ_CHECK(r->count == (int64_t)count);
-    /* etcd sets more only when it cut kvs: never with count_only. */
-    FUZZ_CHECK(r->more == (!q->count_only && q->limit > 0 && count > (size_t)q->limit));
+    FUZZ_CHECK(r->count == (int64_t)n);
+    if (q->count_only) {
+        FUZZ_CHECK(r->n_kvs == 0 && !r->more);
+        return;
+    }
+    bool filtered = q->min_mod_revision || q->max_mod_revision || q->min_create_revision ||
+                    q->max_create_revision;
+    if (q->sort_order == ETCDSERVERPB__RANGE_REQUEST__SORT_ORDER__NONE && !filtered && q->limit > 0 &&
+        n > (size_t)q->limit + 1)
+        n = (size_t)q->limit + 1;
+    size_t kept = 0;
+    for (size_t j = 0; j < n; j++) {
+        const version *v = ver[j];
+        if ((q->max_mod_revision && v->rev > q->max_mod_revision) ||
+            (q->min_mod_revision && v->rev < q->min_mod_revision) ||
+            (q->max_create_revision && v->create > q->max_create_revision) ||
+            (q->min_create_revision && v->create < q->min_create_revision))
+            continue;
+        idx[kept] = idx[j];
+        ver[kept++] = v;
+    }
+    n = kept;
+    int order = q->sort_order;
+    if (q->sort_target != ETCDSERVERPB__RANGE_REQUEST__SORT_TARGET__KEY &&
+        order == ETCDSERVERPB__RANGE_REQUEST__SORT_ORDER__NONE)
+        order = ETCDSERVERPB__RANGE_REQUEST__SORT_ORDER__ASCEND;
+    if (order != ETCDSERVERPB__RANGE_REQUEST__SORT_ORDER__NONE) {
+        int sign = order == ETCDSERVERPB__RANGE_REQUEST__SORT_ORDER__DESCEND ? -1 : 1;
+        for (size_t j = 1; j < n; j++)
+            for (size_t k = j; k > 0 && sign * target_cmp(q, idx[k], ver[k], idx[k - 1], ver[k - 1]) < 0; k--) {
+                int ti = idx[k];
+                const version *tv = ver[k];
+                idx[k] = idx[k - 1], ver[k] = ver[k - 1];
+                idx[k - 1] = ti, ver[k - 1] = tv;
+            }
+    }
+    bool more = false;
+    if (q->limit > 0 && n > (size_t)q->limit) {
+        n = (size_t)q->limit;
+        more = true;
+    }
+    FUZZ_CHECK(r->n_kvs == n);
+    for (size_t j = 0; j < n; j++)
+        check_kv(r->kvs[j], idx[j], ver[j], q->keys_only);
+    FUZZ_CHECK(r->more == more);
 }
 
 /* ---- the store ---- */
@@ -311,20 +388,27 @@ static struct {
  * input from an empty store (a RocksDB open and close is tens of ms). */
 static mvcc_buf empty_dump;
 
-static void store_close(void)
+static void store_drop(void)
 {
     mvcc_close(S.m);
     S.m = NULL;
-    free(S.out.data);
-    free(empty_dump.data);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", S.dir);
     if (system(cmd) != 0)
         fprintf(stderr, "fuzz_mvcc_apply: could not remove %s\n", S.dir);
 }
 
+static void store_close(void)
+{
+    if (S.m)
+        store_drop();
+    free(S.out.data);
+    free(empty_dump.data);
+}
+
 static void store_open(void)
 {
+    static bool registered;
     const char *base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : getenv("TMPDIR");
     snprintf(S.dir, sizeof S.dir, "%s/ballast-fuzz-mvcc-XXXXXX", base && *base ? base : "/tmp");
     FUZZ_CHECK(mkdtemp(S.dir) != NULL);
@@ -337,16 +421,27 @@ static void store_open(void)
     mvcc_dump *d = mvcc_dump_open(S.m);
     FUZZ_CHECK(d != NULL);
     int rc;
+    empty_dump.len = 0;
     while ((rc = mvcc_dump_next(d, &empty_dump, 1 << 20)) == 1)
         ;
     FUZZ_CHECK(rc == 0);
     mvcc_dump_close(d);
     mvcc_set_event_hook(S.m, on_events, NULL);
-    atexit(store_close);
+    if (!registered)
+        atexit(store_close);
+    registered = true;
 }
+
+/* Inputs served by one store before it is replaced by a new one: a load
+ * leaves RocksDB tombstones behind, and after thousands of inputs they made
+ * each input several times slower. */
+#define STORE_REUSE 200
 
 static void store_reset(void)
 {
+    static unsigned uses;
+    if (S.m && ++uses % STORE_REUSE == 0)
+        store_drop();
     if (!S.m)
         store_open();
     char *err = NULL;
@@ -445,6 +540,23 @@ static void gen_range(prog *g, Etcdserverpb__RangeRequest *r)
     r->keys_only = (f >> 3) & 1;
     r->count_only = (f >> 4) & 1;
     r->revision = gen_read_rev(g);
+    if (f & 0x20) {
+        uint8_t so = next(g);
+        r->sort_order = (Etcdserverpb__RangeRequest__SortOrder)(so % 3);
+        r->sort_target = (Etcdserverpb__RangeRequest__SortTarget)((so / 3) % 5);
+    }
+    if (f & 0x40) {
+        uint8_t fl = next(g);
+        int64_t rv = 1 + next(g) % (uint64_t)(M.rev + 1);
+        if (fl & 1)
+            r->min_mod_revision = rv;
+        if (fl & 2)
+            r->max_mod_revision = rv;
+        if (fl & 4)
+            r->min_create_revision = rv;
+        if (fl & 8)
+            r->max_create_revision = rv;
+    }
 }
 
 static void gen_txn(prog *g, txn_parts *x)
@@ -547,11 +659,7 @@ static void check_ok(const mvcc_result *res)
 static void m_put(const Etcdserverpb__PutRequest *p, int64_t rev, int64_t sub, const Mvccpb__KeyValue *prev_kv,
                   bool has_prev_field)
 {
-    int i = -1;
-    for (int k = 0; k < N_KEYS; k++)
-        if (in_range(k, p->key, (ProtobufCBinaryData){0, NULL}))
-            i = k;
-    FUZZ_CHECK(i >= 0);
+    int i = key_index(p->key);
     const version *old = m_at(i, rev);
     if (has_prev_field) {
         if (p->prev_kv && old) {
@@ -602,10 +710,7 @@ static int64_t m_delete(ProtobufCBinaryData key, ProtobufCBinaryData end, int64_
  * ignore_value/ignore_lease, the lease must exist. */
 static const char *put_error(const Etcdserverpb__PutRequest *p, bool lease_first)
 {
-    int i = -1;
-    for (int k = 0; k < N_KEYS; k++)
-        if (in_range(k, p->key, (ProtobufCBinaryData){0, NULL}))
-            i = k;
+    int i = key_index(p->key);
     bool missing = (p->ignore_value || p->ignore_lease) && !m_at(i, M.rev);
     bool no_lease = p->lease != 0 && !lease_exists(p->lease);
     if (lease_first && no_lease)
@@ -700,6 +805,26 @@ static void m_txn(const Etcdserverpb__TxnRequest *t, const mvcc_result *res, con
     for (size_t i = 0; i < n && !err; i++)
         if (ops[i]->request_case == ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_RANGE)
             err = range_error(ops[i]->request_range->revision, true);
+    /* etcd's duplicate check misses a delete whose range ends in "\0", so a
+     * txn may delete a key and then put it with ignore_value/ignore_lease:
+     * the put finds no key and etcd 3.4 panics ("unexpected error during
+     * txn"). Ballast fails the whole txn with "key not found" instead. */
+    bool live[N_KEYS];
+    for (int k = 0; k < N_KEYS; k++)
+        live[k] = m_at(k, M.rev) != NULL;
+    for (size_t i = 0; i < n && !err; i++) {
+        if (ops[i]->request_case == ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_DELETE_RANGE) {
+            for (int k = 0; k < N_KEYS; k++)
+                if (in_range(k, ops[i]->request_delete_range->key, ops[i]->request_delete_range->range_end))
+                    live[k] = false;
+        } else if (ops[i]->request_case == ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_PUT) {
+            const Etcdserverpb__PutRequest *p = ops[i]->request_put;
+            int k = key_index(p->key);
+            if ((p->ignore_value || p->ignore_lease) && !live[k])
+                err = ERR_KEY_NOT_FOUND;
+            live[k] = true;
+        }
+    }
     if (err) {
         check_error(res, err);
         return;
