@@ -190,11 +190,16 @@ void ballast_reply_result(rpc_call *call, const mvcc_result *res, const uint8_t 
  * bytes) as an unknown field and packs it as a one-byte tag 0, which
  * protobuf-c then refuses: a LeaseGrant carrying one was re-packed into an
  * entry that stopped apply on every member. Go refuses such a message
- * ("illegal tag 0"), so it is refused here too, at any depth. Pure; the
- * Watch and LeaseKeepAlive streams use it for each message. */
+ * ("illegal tag 0"), so it is refused here too, at any depth. Messages
+ * nested more than 300 deep (only a Txn can nest) are refused before
+ * protobuf-c's recursion can overflow the stack. Pure; the Watch and
+ * LeaseKeepAlive streams use it for each message. */
 void *ballast_decode(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len);
-/* ballast_decode; on failure answers the call with gRPC's decoding error
- * and returns NULL. Free with protobuf_c_message_free_unpacked. */
+/* ballast_decode; on failure answers the call with gRPC's decoding error,
+ * or for a message nested too deep with etcd's answer to a Txn nested
+ * deeper than --max-txn-ops 128 allows (INVALID_ARGUMENT "etcdserver: too
+ * many operations in txn request"), and returns NULL. Free with
+ * protobuf_c_message_free_unpacked. */
 void *ballast_unpack(rpc_call *call, const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len);
 
 /* Packs a response message and sends it with status OK. */

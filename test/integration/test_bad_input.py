@@ -10,6 +10,8 @@ The same raw requests go to etcd 3.4.23 and to the candidate:
     it gets etcd's code and message (INVALID_ARGUMENT "etcdserver: request is
     too large"); one above the gRPC receive limit (max-request-bytes + 512 KiB)
     gets etcd's code (RESOURCE_EXHAUSTED);
+  - Txns nested 128, 129 and 5,000 (34 KB) deep get etcd's answers (OK, then
+    "too many operations in txn request");
   - unknown methods (/etcdserverpb.KV/RangeStream, /foo.Bar/Baz), unary and
     server-streaming, with a 5 s deadline: UNIMPLEMENTED, at once, never
     DEADLINE_EXCEEDED.
@@ -86,6 +88,23 @@ def call(server, method, payload, streaming=False, bidi=False):
     return code, details, time.monotonic() - started
 
 
+def varint(n):
+    out = b""
+    while n >= 0x80:
+        out += bytes([(n & 0x7f) | 0x80])
+        n >>= 7
+    return out + bytes([n])
+
+
+def nested_txn(levels):
+    """A TxnRequest whose success branch holds a Txn, `levels` deep."""
+    txn = b""
+    for _ in range(levels):
+        op = b"\x22" + varint(len(txn)) + txn   # RequestOp.request_txn
+        txn = b"\x12" + varint(len(op)) + op    # TxnRequest.success
+    return txn
+
+
 def put_bytes(value_size):
     return rpc_pb2.PutRequest(key=b"big", value=b"x" * value_size).SerializeToString()
 
@@ -139,6 +158,15 @@ def main():
         for method, what, payload in BIDI_CASES:
             want, _ = cmp.compare(what, method, payload, bidi=True, same_message=False)
             harness.check(want[0] == "INTERNAL", "etcd answered %s on %s" % (want, method))
+
+        # Nested Txns: etcd's op budget shrinks by one per level, so 128
+        # levels pass and 129 get "too many operations"; 5,000 levels (34 KB)
+        # overflowed protobuf-c's recursive decoder and killed Ballast.
+        for levels in (128, 129, 5000):
+            want, _ = cmp.compare("Txn nested %d deep" % levels, "/etcdserverpb.KV/Txn",
+                                  nested_txn(levels), same_message=True)
+            harness.check(want[0] == ("OK" if levels <= 128 else "INVALID_ARGUMENT"),
+                          "etcd answered %s to a Txn nested %d deep" % (want, levels))
 
         limit = 3 * MiB // 2
         want, _ = cmp.compare("value of 1 MiB", METHODS[0], put_bytes(MiB))
