@@ -130,9 +130,123 @@ void ballast_reply_packed(rpc_call *call, const ProtobufCMessage *msg)
     free(buf);
 }
 
+/* How deep messages may nest in a request (a Txn level is two: TxnRequest
+ * and RequestOp). protobuf-c unpacks recursively, about 500 bytes of stack
+ * per level: a 34 KB Txn nested 5,000 deep overflowed an 8 MiB thread
+ * stack and killed the server. Only a Txn can nest; etcd refuses one
+ * nested deeper than --max-txn-ops levels (its op budget shrinks by level),
+ * so 300 accepts every Txn etcd accepts at the default 128. */
+#define MAX_NESTING 300
+
+static int read_varint(const uint8_t *p, size_t len, size_t *i, uint64_t *v)
+{
+    *v = 0;
+    for (unsigned shift = 0; shift < 64 && *i < len; shift += 7) {
+        uint8_t b = p[(*i)++];
+        *v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80))
+            return 1;
+    }
+    return 0;
+}
+
+/* True when the wire bytes of a `d` message nest messages deeper than
+ * MAX_NESTING. Bytes that do not parse are left to protobuf-c to refuse. */
+static int nests_too_deep_at(const ProtobufCMessageDescriptor *d, const uint8_t *p, size_t len, int depth)
+{
+    if (depth > MAX_NESTING)
+        return 1;
+    size_t i = 0;
+    while (i < len) {
+        uint64_t tag, n;
+        if (!read_varint(p, len, &i, &tag))
+            return 0;
+        switch (tag & 7) {
+        case 0:
+            if (!read_varint(p, len, &i, &n))
+                return 0;
+            break;
+        case 1:
+            i += 8;
+            break;
+        case 5:
+            i += 4;
+            break;
+        case 2: {
+            if (!read_varint(p, len, &i, &n) || n > len - i)
+                return 0;
+            uint64_t id = tag >> 3;
+            const ProtobufCFieldDescriptor *f =
+                id <= UINT32_MAX ? protobuf_c_message_descriptor_get_field(d, (unsigned)id) : NULL;
+            if (f && f->type == PROTOBUF_C_TYPE_MESSAGE &&
+                nests_too_deep_at(f->descriptor, p + i, (size_t)n, depth + 1))
+                return 1;
+            i += (size_t)n;
+            break;
+        }
+        default:
+            return 0;
+        }
+    }
+    return 0;
+}
+
+static int nests_too_deep(const ProtobufCMessageDescriptor *d, const uint8_t *p, size_t len)
+{
+    return nests_too_deep_at(d, p, len, 1);
+}
+
+/* True when msg or a message inside it holds a field numbered 0. */
+static int has_field_zero(const ProtobufCMessage *msg)
+{
+    for (unsigned i = 0; i < msg->n_unknown_fields; i++)
+        if (msg->unknown_fields[i].tag == 0)
+            return 1;
+    const ProtobufCMessageDescriptor *d = msg->descriptor;
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        if (f->type != PROTOBUF_C_TYPE_MESSAGE)
+            continue;
+        const char *base = (const char *)msg;
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            size_t n = *(const size_t *)(base + f->quantifier_offset);
+            ProtobufCMessage *const *items = *(ProtobufCMessage *const *const *)(base + f->offset);
+            for (size_t j = 0; j < n; j++)
+                if (has_field_zero(items[j]))
+                    return 1;
+            continue;
+        }
+        /* A oneof member's pointer is valid only when its case is set. */
+        if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+            *(const uint32_t *)(base + f->quantifier_offset) != f->id)
+            continue;
+        const ProtobufCMessage *sub = *(ProtobufCMessage *const *)(base + f->offset);
+        if (sub && has_field_zero(sub))
+            return 1;
+    }
+    return 0;
+}
+
+void *ballast_decode(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len)
+{
+    if (nests_too_deep(desc, data, len))
+        return NULL;
+    ProtobufCMessage *msg = protobuf_c_message_unpack(desc, NULL, len, data);
+    if (msg && has_field_zero(msg)) {
+        protobuf_c_message_free_unpacked(msg, NULL);
+        msg = NULL;
+    }
+    return msg;
+}
+
 void *ballast_unpack(rpc_call *call, const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len)
 {
-    ProtobufCMessage *msg = protobuf_c_message_unpack(desc, NULL, len, data);
+    if (nests_too_deep(desc, data, len)) {
+        /* Only a Txn nests this deep: etcd's answer at the default --max-txn-ops. */
+        rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "etcdserver: too many operations in txn request");
+        return NULL;
+    }
+    ProtobufCMessage *msg = ballast_decode(desc, data, len);
     if (!msg)
         rpc_fail(call, GRPC_STATUS_INTERNAL, BALLAST_ERR_MALFORMED);
     return msg;

@@ -88,6 +88,10 @@ int cluster_admit(rpc_call *call, const char *method, const uint8_t *req, size_t
  * cluster_stream_done from its on_done. */
 int cluster_stream_open(ballast_server *b, rpc_stream *st);
 void cluster_stream_done(ballast_server *b, rpc_stream *st);
+/* etcd's check of MemberAdd's and MemberUpdate's peer URLs: at least one,
+ * each http(s)://host:port without a path, or unix(s)://... Returns 1 when
+ * valid. (Pure: test/fuzz calls it on arbitrary requests.) */
+int cluster_urls_valid(char **urls, size_t n);
 /* "host:port" of the leader's first client URL: 0, or -1 when unknown. */
 int cluster_leader_target(ballast_server *b, uint64_t leader_id, char *out, size_t cap);
 /* etcd's request timeout for this member (5 s + 2 election timeouts). */
@@ -181,8 +185,21 @@ void kv_service_answer_compacted(ballast_server *b, rpc_call *call, int64_t rev,
 /* Answers a call with an mvcc result (response bytes in buf). */
 void ballast_reply_result(rpc_call *call, const mvcc_result *res, const uint8_t *buf);
 
-/* Decodes a request; on failure answers the call with gRPC's decoding
- * error and returns NULL. Free with protobuf_c_message_free_unpacked. */
+/* Decodes a request as etcd's Go decoder would: NULL when it is not a valid
+ * message. protobuf-c keeps a field numbered 0 (a tag written in two or more
+ * bytes) as an unknown field and packs it as a one-byte tag 0, which
+ * protobuf-c then refuses: a LeaseGrant carrying one was re-packed into an
+ * entry that stopped apply on every member. Go refuses such a message
+ * ("illegal tag 0"), so it is refused here too, at any depth. Messages
+ * nested more than 300 deep (only a Txn can nest) are refused before
+ * protobuf-c's recursion can overflow the stack. Pure; the Watch and
+ * LeaseKeepAlive streams use it for each message. */
+void *ballast_decode(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len);
+/* ballast_decode; on failure answers the call with gRPC's decoding error,
+ * or for a message nested too deep with etcd's answer to a Txn nested
+ * deeper than --max-txn-ops 128 allows (INVALID_ARGUMENT "etcdserver: too
+ * many operations in txn request"), and returns NULL. Free with
+ * protobuf_c_message_free_unpacked. */
 void *ballast_unpack(rpc_call *call, const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len);
 
 /* Packs a response message and sends it with status OK. */

@@ -172,9 +172,7 @@ static void cluster_member_list(rpc_call *call, const uint8_t *data, size_t len,
 
 /* ---- changes ---- */
 
-/* etcd's URL check for member URLs: scheme http(s) or unix(s), a host:port,
- * no path. */
-static int urls_valid(char **urls, size_t n)
+int cluster_urls_valid(char **urls, size_t n)
 {
     if (n == 0)
         return 0;
@@ -282,7 +280,7 @@ static void cluster_member_add(rpc_call *call, const uint8_t *data, size_t len, 
     Etcdserverpb__MemberAddRequest *r = ballast_unpack(call, &etcdserverpb__member_add_request__descriptor, data, len);
     if (!r)
         return;
-    if (!urls_valid(r->peerurls, r->n_peerurls)) {
+    if (!cluster_urls_valid(r->peerurls, r->n_peerurls)) {
         rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, ERR_BAD_URLS);
         protobuf_c_message_free_unpacked(&r->base, NULL);
         return;
@@ -352,7 +350,7 @@ static void cluster_member_update(rpc_call *call, const uint8_t *data, size_t le
     Etcdserverpb__MemberUpdateRequest *r = ballast_unpack(call, &etcdserverpb__member_update_request__descriptor, data, len);
     if (!r)
         return;
-    if (!urls_valid(r->peerurls, r->n_peerurls)) {
+    if (!cluster_urls_valid(r->peerurls, r->n_peerurls)) {
         rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, ERR_BAD_URLS);
         protobuf_c_message_free_unpacked(&r->base, NULL);
         return;

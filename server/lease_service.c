@@ -281,7 +281,7 @@ static void keepalive_open(rpc_stream *st, void *arg)
 static grpc_status_code keepalive_answer(ballast_server *b, const uint8_t *msg, size_t len, uint8_t *buf,
                                          size_t cap, size_t *n, const char **error)
 {
-    Etcdserverpb__LeaseKeepAliveRequest *req = etcdserverpb__lease_keep_alive_request__unpack(NULL, len, msg);
+    Etcdserverpb__LeaseKeepAliveRequest *req = ballast_decode(&etcdserverpb__lease_keep_alive_request__descriptor, msg, len);
     if (!req) {
         *error = BALLAST_ERR_MALFORMED;
         return GRPC_STATUS_INTERNAL;

@@ -41,7 +41,7 @@ static void watch_message(rpc_stream *st, const uint8_t *msg, size_t len, void *
     watch_stream *ws = rpc_stream_data(st);
     if (!ws)
         return;
-    Etcdserverpb__WatchRequest *req = etcdserverpb__watch_request__unpack(NULL, len, msg);
+    Etcdserverpb__WatchRequest *req = ballast_decode(&etcdserverpb__watch_request__descriptor, msg, len);
     if (!req) {
         /* etcd's receive loop fails on a message it cannot decode, which
          * ends the stream with an error. */
