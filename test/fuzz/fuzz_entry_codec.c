@@ -9,14 +9,7 @@
 
 #include "entry_codec.h"
 
-#define FUZZ_CHECK(cond)                                                       \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,  \
-                    #cond);                                                    \
-            abort();                                                           \
-        }                                                                      \
-    } while (0)
+#include "fuzz_check.h"
 
 /* The variant message of an Op, with its field number (batch_op_type). */
 static const ProtobufCMessage *op_variant(const Ballastpb__Op *op)

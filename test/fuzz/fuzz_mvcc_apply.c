@@ -35,14 +35,7 @@
 
 #include "mvcc.h"
 
-#define FUZZ_CHECK(cond)                                                       \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,  \
-                    #cond);                                                    \
-            abort();                                                           \
-        }                                                                      \
-    } while (0)
+#include "fuzz_check.h"
 
 #define ERR_COMPACTED "etcdserver: mvcc: required revision has been compacted"
 #define ERR_FUTURE_REV "etcdserver: mvcc: required revision is a future revision"

@@ -37,14 +37,7 @@
 #include "mvcc.h"
 #include "watch.h"
 
-#define FUZZ_CHECK(cond)                                                       \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,  \
-                    #cond);                                                    \
-            abort();                                                           \
-        }                                                                      \
-    } while (0)
+#include "fuzz_check.h"
 
 static const mvcc_limits etcd_limits = {128, 1572864};
 static const mvcc_limits tiny_limits = {2, 64};
