@@ -138,16 +138,51 @@ void ballast_reply_packed(rpc_call *call, const ProtobufCMessage *msg)
  * so 300 accepts every Txn etcd accepts at the default 128. */
 #define MAX_NESTING 300
 
-static int read_varint(const uint8_t *p, size_t len, size_t *i, uint64_t *v)
+static int read_varint(const uint8_t *p, size_t n, size_t *i, uint64_t *v)
 {
     *v = 0;
-    for (unsigned shift = 0; shift < 64 && *i < len; shift += 7) {
-        uint8_t b = p[(*i)++];
-        *v |= (uint64_t)(b & 0x7f) << shift;
-        if (!(b & 0x80))
-            return 1;
+    for (int shift = 0; shift < 64; shift += 7) {
+        if (*i >= n)
+            return -1;
+        uint8_t byte = p[(*i)++];
+        *v |= (uint64_t)(byte & 0x7f) << shift;
+        if (!(byte & 0x80))
+            return 0;
     }
-    return 0;
+    return -1;
+}
+
+int ballast_pb_next(const uint8_t *p, size_t n, size_t *i, uint32_t *field, uint64_t *v,
+                    const uint8_t **sub, size_t *sub_len)
+{
+    if (*i >= n)
+        return 0;
+    uint64_t key;
+    if (read_varint(p, n, i, &key) != 0 || (key >> 3) > UINT32_MAX)
+        return -1;
+    *field = (uint32_t)(key >> 3);
+    *sub = NULL;
+    *sub_len = 0;
+    switch (key & 7) {
+    case 0:
+        return read_varint(p, n, i, v) == 0 ? 1 : -1;
+    case 1:
+        *i += 8;
+        break;
+    case 5:
+        *i += 4;
+        break;
+    case 2:
+        if (read_varint(p, n, i, v) != 0 || *v > n - *i)
+            return -1;
+        *sub = p + *i;
+        *sub_len = (size_t)*v;
+        *i += (size_t)*v;
+        break;
+    default:
+        return -1;
+    }
+    return *i <= n ? 1 : -1;
 }
 
 /* True when the wire bytes of a `d` message nest messages deeper than
@@ -157,36 +192,17 @@ static int nests_too_deep_at(const ProtobufCMessageDescriptor *d, const uint8_t 
     if (depth > MAX_NESTING)
         return 1;
     size_t i = 0;
-    while (i < len) {
-        uint64_t tag, n;
-        if (!read_varint(p, len, &i, &tag))
-            return 0;
-        switch (tag & 7) {
-        case 0:
-            if (!read_varint(p, len, &i, &n))
-                return 0;
-            break;
-        case 1:
-            i += 8;
-            break;
-        case 5:
-            i += 4;
-            break;
-        case 2: {
-            if (!read_varint(p, len, &i, &n) || n > len - i)
-                return 0;
-            uint64_t id = tag >> 3;
-            const ProtobufCFieldDescriptor *f =
-                id <= UINT32_MAX ? protobuf_c_message_descriptor_get_field(d, (unsigned)id) : NULL;
-            if (f && f->type == PROTOBUF_C_TYPE_MESSAGE &&
-                nests_too_deep_at(f->descriptor, p + i, (size_t)n, depth + 1))
-                return 1;
-            i += (size_t)n;
-            break;
-        }
-        default:
-            return 0;
-        }
+    uint32_t id;
+    uint64_t v;
+    const uint8_t *sub;
+    size_t sub_len;
+    while (ballast_pb_next(p, len, &i, &id, &v, &sub, &sub_len) == 1) {
+        if (!sub)
+            continue;
+        const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field(d, id);
+        if (f && f->type == PROTOBUF_C_TYPE_MESSAGE &&
+            nests_too_deep_at(f->descriptor, sub, sub_len, depth + 1))
+            return 1;
     }
     return 0;
 }
@@ -227,16 +243,20 @@ static int has_field_zero(const ProtobufCMessage *msg)
     return 0;
 }
 
-void *ballast_decode(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len)
+/* ballast_decode once the nesting has been checked. */
+static void *decode_shallow(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len)
 {
-    if (nests_too_deep(desc, data, len))
-        return NULL;
     ProtobufCMessage *msg = protobuf_c_message_unpack(desc, NULL, len, data);
     if (msg && has_field_zero(msg)) {
         protobuf_c_message_free_unpacked(msg, NULL);
         msg = NULL;
     }
     return msg;
+}
+
+void *ballast_decode(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len)
+{
+    return nests_too_deep(desc, data, len) ? NULL : decode_shallow(desc, data, len);
 }
 
 void *ballast_unpack(rpc_call *call, const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len)
@@ -246,7 +266,7 @@ void *ballast_unpack(rpc_call *call, const ProtobufCMessageDescriptor *desc, con
         rpc_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "etcdserver: too many operations in txn request");
         return NULL;
     }
-    ProtobufCMessage *msg = ballast_decode(desc, data, len);
+    ProtobufCMessage *msg = decode_shallow(desc, data, len);
     if (!msg)
         rpc_fail(call, GRPC_STATUS_INTERNAL, BALLAST_ERR_MALFORMED);
     return msg;

@@ -185,6 +185,12 @@ void kv_service_answer_compacted(ballast_server *b, rpc_call *call, int64_t rev,
 /* Answers a call with an mvcc result (response bytes in buf). */
 void ballast_reply_result(rpc_call *call, const mvcc_result *res, const uint8_t *buf);
 
+/* Reads the field at *i of an encoded protobuf message: its number, and a
+ * varint's value in *v or a length-delimited field's bytes in *sub,
+ * *sub_len (*sub is NULL for other wire types, which are skipped). Returns
+ * 1, 0 at the end, -1 when the bytes do not parse. */
+int ballast_pb_next(const uint8_t *p, size_t n, size_t *i, uint32_t *field, uint64_t *v,
+                    const uint8_t **sub, size_t *sub_len);
 /* Decodes a request as etcd's Go decoder would: NULL when it is not a valid
  * message. protobuf-c keeps a field numbered 0 (a tag written in two or more
  * bytes) as an unknown field and packs it as a one-byte tag 0, which

@@ -158,58 +158,7 @@ int cluster_leader_target(ballast_server *b, uint64_t leader_id, char *out, size
 
 /* ---- answers held until this member has applied the leader's revision ---- */
 
-static int read_varint(const uint8_t *p, size_t n, size_t *i, uint64_t *v)
-{
-    *v = 0;
-    for (int shift = 0; shift < 64; shift += 7) {
-        if (*i >= n)
-            return -1;
-        uint8_t byte = p[(*i)++];
-        *v |= (uint64_t)(byte & 0x7f) << shift;
-        if (!(byte & 0x80))
-            return 0;
-    }
-    return -1;
-}
-
-/* Reads the field at *i of an encoded message: its number, and a varint's
- * value in *v or a length-delimited field's bytes in *sub, *sub_len (other
- * wire types are skipped). Returns 1, 0 at the end, -1 when the bytes do not
- * parse. */
-static int pb_next(const uint8_t *p, size_t n, size_t *i, uint32_t *field, uint64_t *v,
-                   const uint8_t **sub, size_t *sub_len)
-{
-    if (*i >= n)
-        return 0;
-    uint64_t key;
-    if (read_varint(p, n, i, &key) != 0)
-        return -1;
-    *field = (uint32_t)(key >> 3);
-    *sub = NULL;
-    *sub_len = 0;
-    switch (key & 7) {
-    case 0:
-        return read_varint(p, n, i, v) == 0 ? 1 : -1;
-    case 1:
-        *i += 8;
-        break;
-    case 5:
-        *i += 4;
-        break;
-    case 2:
-        if (read_varint(p, n, i, v) != 0 || *v > n - *i)
-            return -1;
-        *sub = p + *i;
-        *sub_len = (size_t)*v;
-        *i += (size_t)*v;
-        break;
-    default:
-        return -1;
-    }
-    return *i <= n ? 1 : -1;
-}
-
-/* Finds the first occurrence of `field`: 1 when found (see pb_next for
+/* Finds the first occurrence of `field`: 1 when found (see ballast_pb_next for
  * what is set), 0 when not or the bytes do not parse. */
 static int pb_find(const uint8_t *p, size_t n, uint32_t field, uint64_t *v, const uint8_t **sub,
                    size_t *sub_len)
@@ -217,7 +166,7 @@ static int pb_find(const uint8_t *p, size_t n, uint32_t field, uint64_t *v, cons
     size_t i = 0;
     uint32_t f;
     int rc;
-    while ((rc = pb_next(p, n, &i, &f, v, sub, sub_len)) == 1)
+    while ((rc = ballast_pb_next(p, n, &i, &f, v, sub, sub_len)) == 1)
         if (f == field)
             return 1;
     return 0;
@@ -259,7 +208,7 @@ static size_t rewrite_header(ballast_server *b, const uint8_t *p, size_t len, ui
     uint64_t v, cluster_id = 0, revision = 0;
     const uint8_t *h, *sub;
     size_t hn, sub_len;
-    while ((rc = pb_next(p, len, &i, &field, &v, &h, &hn)) == 1) {
+    while ((rc = ballast_pb_next(p, len, &i, &field, &v, &h, &hn)) == 1) {
         if (field == 1 && h && !found) {
             pb_find(h, hn, 1, &cluster_id, &sub, &sub_len);
             pb_find(h, hn, 3, &revision, &sub, &sub_len);
