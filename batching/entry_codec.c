@@ -169,6 +169,36 @@ static void arena_free(void *data, void *ptr)
     (void)ptr;
 }
 
+int pb_has_field_zero(const ProtobufCMessage *msg)
+{
+    for (unsigned i = 0; i < msg->n_unknown_fields; i++)
+        if (msg->unknown_fields[i].tag == 0)
+            return 1;
+    const ProtobufCMessageDescriptor *d = msg->descriptor;
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        if (f->type != PROTOBUF_C_TYPE_MESSAGE)
+            continue;
+        const char *base = (const char *)msg;
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            size_t n = *(const size_t *)(base + f->quantifier_offset);
+            ProtobufCMessage *const *items = *(ProtobufCMessage *const *const *)(base + f->offset);
+            for (size_t j = 0; j < n; j++)
+                if (pb_has_field_zero(items[j]))
+                    return 1;
+            continue;
+        }
+        /* A oneof member's pointer is valid only when its case is set. */
+        if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+            *(const uint32_t *)(base + f->quantifier_offset) != f->id)
+            continue;
+        const ProtobufCMessage *sub = *(ProtobufCMessage *const *)(base + f->offset);
+        if (sub && pb_has_field_zero(sub))
+            return 1;
+    }
+    return 0;
+}
+
 int entry_decode(const uint8_t *buf, size_t len, entry_arena *arena, entry_decoded *out)
 {
     if (len < ENTRY_HEADER_SIZE || memcmp(buf, MAGIC, 4) != 0)
@@ -180,7 +210,10 @@ int entry_decode(const uint8_t *buf, size_t len, entry_arena *arena, entry_decod
     ProtobufCAllocator alloc = {.alloc = arena_alloc, .free = arena_free, .allocator_data = arena};
     Ballastpb__RaftMessage *msg =
         ballastpb__raft_message__unpack(&alloc, plen, buf + ENTRY_HEADER_SIZE);
-    if (!msg)
+    /* protobuf-c reads a field 0 written with a two-byte tag but writes it
+     * back with a one-byte tag that it then refuses: such an entry would
+     * not survive re-encoding (requests with one are refused on arrival) */
+    if (!msg || pb_has_field_zero(&msg->base))
         return -1;
     switch (msg->msg_case) {
     case BALLASTPB__RAFT_MESSAGE__MSG_SINGLE:

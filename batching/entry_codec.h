@@ -71,8 +71,14 @@ typedef struct entry_decoded {
 
 /* Decodes a frame. Returns 0 on success; -1 when the bytes are not a valid
  * Ballast entry (bad magic, bad length, protobuf that does not parse, an empty
- * batch or an Op with no variant). Such an entry must stop apply: it is never
+ * batch, an Op with no variant or a field numbered 0). Such an entry must stop apply: it is never
  * skipped. */
 int entry_decode(const uint8_t *buf, size_t len, entry_arena *arena, entry_decoded *out);
+
+/* True when msg or a message inside it holds a field numbered 0, which
+ * etcd's decoder refuses ("illegal tag 0") and protobuf-c accepts only when
+ * the tag is written in two bytes. Used for raft entries here and for
+ * requests by the server. */
+int pb_has_field_zero(const ProtobufCMessage *msg);
 
 #endif

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 
 #include "ballast.h"
+#include "entry_codec.h"
 
 const char BALLAST_ERR_MALFORMED[] = "grpc: error unmarshalling request: unexpected EOF";
 mvcc_header ballast_header(ballast_server *b)
@@ -212,42 +213,11 @@ static int nests_too_deep(const ProtobufCMessageDescriptor *d, const uint8_t *p,
     return nests_too_deep_at(d, p, len, 1);
 }
 
-/* True when msg or a message inside it holds a field numbered 0. */
-static int has_field_zero(const ProtobufCMessage *msg)
-{
-    for (unsigned i = 0; i < msg->n_unknown_fields; i++)
-        if (msg->unknown_fields[i].tag == 0)
-            return 1;
-    const ProtobufCMessageDescriptor *d = msg->descriptor;
-    for (unsigned i = 0; i < d->n_fields; i++) {
-        const ProtobufCFieldDescriptor *f = &d->fields[i];
-        if (f->type != PROTOBUF_C_TYPE_MESSAGE)
-            continue;
-        const char *base = (const char *)msg;
-        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
-            size_t n = *(const size_t *)(base + f->quantifier_offset);
-            ProtobufCMessage *const *items = *(ProtobufCMessage *const *const *)(base + f->offset);
-            for (size_t j = 0; j < n; j++)
-                if (has_field_zero(items[j]))
-                    return 1;
-            continue;
-        }
-        /* A oneof member's pointer is valid only when its case is set. */
-        if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
-            *(const uint32_t *)(base + f->quantifier_offset) != f->id)
-            continue;
-        const ProtobufCMessage *sub = *(ProtobufCMessage *const *)(base + f->offset);
-        if (sub && has_field_zero(sub))
-            return 1;
-    }
-    return 0;
-}
-
 /* ballast_decode once the nesting has been checked. */
 static void *decode_shallow(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len)
 {
     ProtobufCMessage *msg = protobuf_c_message_unpack(desc, NULL, len, data);
-    if (msg && has_field_zero(msg)) {
+    if (msg && pb_has_field_zero(msg)) {
         protobuf_c_message_free_unpacked(msg, NULL);
         msg = NULL;
     }

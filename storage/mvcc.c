@@ -8,12 +8,15 @@
  *              (a tombstone's KeyValue holds only the key). Every change in
  *              revision order: history for past reads and watch catch-up.
  *   "index"    escaped user key (0x00 -> 00 FF) + 00 01 + BE(~main) + BE(~sub)
- *                -> 1 flag byte (0 put, 1 tombstone).
+ *                -> the same value as in "rev" (flag byte + KeyValue).
  *              A key's revisions sort newest first, so "the newest revision
- *              <= R" is one seek.
- *   "current"  user key -> encoded live KeyValue; deleted when the key is.
- *              Reads at the current revision and puts (create revision,
- *              version) need only this.
+ *              <= R" is one seek, and the live record of a key is its first
+ *              entry (unless that is a tombstone): reads at any revision and
+ *              puts (create revision, version) need only this family.
+ *   "current"  unused and always empty. Ballast before 2026-12-02 kept the
+ *              live records there (user key -> KeyValue), which cost every
+ *              Put a second random memtable insert; a store that still has
+ *              entries in it is refused at open.
  *   "lease"    8-byte BE lease ID -> 8-byte BE granted TTL (seconds).
  *   "lease_keys" 8-byte BE lease ID + user key -> empty: the keys attached
  *              to each lease, so revoking needs no per-key memory.
@@ -134,6 +137,17 @@ int meta_load(mvcc *m)
     return alarms_load(m);
 }
 
+/* The layout before the live records moved into "index" kept them in
+ * "current": a store with anything there cannot be read by this code. */
+static bool old_layout(mvcc *m)
+{
+    rocksdb_iterator_t *it = rocksdb_create_iterator_cf(m->db, m->ro_plain, m->cf[CF_CURRENT]);
+    rocksdb_iter_seek_to_first(it);
+    bool found = rocksdb_iter_valid(it);
+    rocksdb_iter_destroy(it);
+    return found;
+}
+
 static void tune_cf(mvcc *m, int i)
 {
     rocksdb_options_t *o = rocksdb_options_create();
@@ -142,7 +156,7 @@ static void tune_cf(mvcc *m, int i)
     rocksdb_block_based_options_set_block_size(t, 16 * 1024);
     rocksdb_block_based_options_set_cache_index_and_filter_blocks(t, 1);
     rocksdb_block_based_options_set_pin_l0_filter_and_index_blocks_in_cache(t, 1);
-    if (i == CF_CURRENT || i == CF_REV) /* point lookups */
+    if (i == CF_REV) /* point lookups */
         rocksdb_block_based_options_set_filter_policy(t, rocksdb_filterpolicy_create_bloom_full(10));
     rocksdb_options_set_block_based_table_factory(o, t);
     rocksdb_options_set_compression(o, rocksdb_lz4_compression);
@@ -209,6 +223,15 @@ int mvcc_open(const char *dir, mvcc **out, char **errmsg)
         return -1;
     }
 
+    if (old_layout(m)) {
+        if (errmsg)
+            *errmsg = errdup("mvcc: the data directory was written by an older Ballast store "
+                             "layout (live records in the \"current\" column family); restore it "
+                             "from a snapshot (etcdctl snapshot save/restore) or start a fresh "
+                             "member and let it catch up from the cluster", NULL);
+        mvcc_close(m);
+        return -1;
+    }
     if (meta_load(m))
         goto bad_meta;
     if (compactor_start(m)) {

@@ -183,14 +183,13 @@ static int write_put(apply_ctx *c, const kvv *kv, int64_t sub)
     revkey_make(rk, kv->mod_rev, sub);
     rocksdb_writebatch_wi_put_cf(m->wb, m->cf[CF_REV], (const char *)rk, REVKEY_LEN,
                                  (const char *)val->data, val->len);
-    rocksdb_writebatch_wi_put_cf(m->wb, m->cf[CF_CURRENT], (const char *)kv->key, kv->key_len,
-                                 (const char *)val->data + 1, val->len - 1);
     if (cache_note(&m->cur, kv->key, kv->key_len, val->data + 1, val->len - 1))
         return -1;
     if (idxkey_make(key, kv->key, kv->key_len, kv->mod_rev, sub))
         return -1;
+    /* the key's newest "index" entry is its live record */
     rocksdb_writebatch_wi_put_cf(m->wb, m->cf[CF_INDEX], (const char *)key->data, key->len,
-                                 (const char *)&flag, 1);
+                                 (const char *)val->data, val->len);
     return 0;
 }
 
@@ -211,13 +210,12 @@ static int write_tombstone(apply_ctx *c, const uint8_t *k, size_t kl, const uint
     revkey_make(rk, rev, sub);
     rocksdb_writebatch_wi_put_cf(m->wb, m->cf[CF_REV], (const char *)rk, REVKEY_LEN,
                                  (const char *)val->data, val->len);
-    rocksdb_writebatch_wi_delete_cf(m->wb, m->cf[CF_CURRENT], (const char *)k, kl);
     if (cache_note(&m->cur, k, kl, NULL, 0))
         return -1;
     if (idxkey_make(key, k, kl, rev, sub))
         return -1;
     rocksdb_writebatch_wi_put_cf(m->wb, m->cf[CF_INDEX], (const char *)key->data, key->len,
-                                 (const char *)&flag, 1);
+                                 (const char *)val->data, val->len);
     if (m->ev_collect &&
         event_add(m, MVCC_EVENT_DELETE, rev, sub, 0, k, kl, NULL, 0, prev, prev_len, prev_mod))
         return -1;

@@ -71,7 +71,7 @@ void cache_begin(cur_cache *c)
 int cache_read(cur_cache *c, const void *key, size_t klen, char **val, size_t *vlen)
 {
     if (!c->slots)
-        return 0;
+        return 2; /* no cache: the batch and the store answer */
     uint64_t h = key_hash(key, klen);
     if (written(c, h))
         return 2; /* maybe written by this entry: the batch knows */

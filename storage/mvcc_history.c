@@ -145,40 +145,18 @@ int mvcc_history_prev(mvcc_history *h, const uint8_t *key, size_t key_len, int64
     rocksdb_iterator_t *it = rocksdb_create_iterator_cf(m->db, h->ro, m->cf[CF_INDEX]);
     rocksdb_iter_seek(it, (const char *)p->data, p->len);
     int rc = 0;
-    int64_t main = 0, sub = 0;
     if (rocksdb_iter_valid(it)) {
         size_t kl, vl;
         const uint8_t *k = (const uint8_t *)rocksdb_iter_key(it, &kl);
         const uint8_t *v = (const uint8_t *)rocksdb_iter_value(it, &vl);
-        if (kl == plen + REVKEY_LEN && memcmp(k, p->data, plen) == 0 && vl == 1 &&
-            v[0] == REC_PUT) {
-            revkey_parse(k + plen, &main, &sub);
-            main = ~main;
-            sub = ~sub;
-            rc = 1;
-        }
+        /* the entry holds the record itself (flag byte + KeyValue) */
+        if (kl == plen + REVKEY_LEN && memcmp(k, p->data, plen) == 0 && vl >= 1 &&
+            v[0] == REC_PUT)
+            rc = buf_put(out, v + 1, vl - 1) ? -1 : 1;
     } else {
         if (iter_failed(it))
             rc = -1;
     }
     rocksdb_iter_destroy(it);
-    if (rc != 1)
-        return rc;
-    uint8_t rk[REVKEY_LEN];
-    revkey_make(rk, main, sub);
-    char *err = NULL;
-    size_t vl;
-    char *val = rocksdb_get_cf(m->db, h->ro, m->cf[CF_REV], (const char *)rk, REVKEY_LEN, &vl,
-                               &err);
-    if (err) {
-        free(err);
-        return -1;
-    }
-    if (!val || vl < 1) {
-        free(val);
-        return 0;
-    }
-    rc = buf_put(out, val + 1, vl - 1) ? -1 : 1;
-    free(val);
     return rc;
 }

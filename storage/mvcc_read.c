@@ -2,11 +2,12 @@
  * Reading: ranges at the current or a past revision, etcd's Range request
  * semantics (filters, sort, limit, count) and txn compares.
  *
- * A range at the view's revision reads the "current" family (user key ->
- * live KeyValue). A range at a past revision walks the "index" family, where
- * each user key's revisions sort newest first, seeking straight to the
- * newest revision at or below the one asked for, then fetches that
- * KeyValue from "rev".
+ * Every range walks the "index" family, where each user key's revisions
+ * sort newest first and each entry holds its record: the newest entry of a
+ * key is its live record, and a range at a past revision seeks straight to
+ * each key's newest revision at or below the one asked for. A single key at
+ * the current revision (what a Put or a compare reads while applying) is
+ * answered by the apply thread's cache when it can.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -143,27 +144,9 @@ int view_point(mvcc_view *v, int cf, const void *key, size_t n, char **val,
                       size_t *vlen)
 {
     char *err = NULL;
-    int cached = 2;
-    if (v->wb && !v->snap && cf == CF_CURRENT) {
-        cached = cache_read(&v->m->cur, key, n, val, vlen);
-        if (cached == 1)
-            return 0;
-        if (cached < 0)
-            return -1;
-    }
     rocksdb_readoptions_t *ro = v->snap ? view_ro(v) : v->m->ro_plain;
     if (!ro)
         return -1;
-    if (cached == 0) {
-        /* not written by the entry being applied: the store alone */
-        *val = rocksdb_get_cf(v->m->db, ro, v->m->cf[cf], key, n, vlen, &err);
-        if (err) {
-            free(err);
-            return -1;
-        }
-        cache_fill(&v->m->cur, key, n, *val, *vlen);
-        return 0;
-    }
     if (v->wb)
         *val = rocksdb_writebatch_wi_get_from_batch_and_db_cf(v->wb, v->m->db, ro, v->m->cf[cf],
                                                               key, n, vlen, &err);
@@ -178,11 +161,78 @@ int view_point(mvcc_view *v, int cf, const void *key, size_t n, char **val,
     return 0;
 }
 
+/* The key's live record (a KeyValue; *val is malloc'd, or NULL when the key
+ * has none): its newest "index" entry unless that is a tombstone. */
+static int view_current(mvcc_view *v, const uint8_t *key, size_t n, char **val, size_t *vlen)
+{
+    int cached = 2;
+    *val = NULL;
+    *vlen = 0;
+    if (v->wb && !v->snap) {
+        cached = cache_read(&v->m->cur, key, n, val, vlen);
+        if (cached == 1)
+            return 0;
+        if (cached < 0)
+            return -1;
+    }
+    /* 0: not written by the entry being applied, so the store alone */
+    bool through_batch = v->wb && cached != 0;
+    mvcc_buf start = {0}, after = {0};
+    rocksdb_iterator_t *it = NULL;
+    int rc = -1;
+    rocksdb_readoptions_t *ro = view_ro(v);
+    if (!ro || idxkey_key_start(&start, key, n) || idxkey_key_after(&after, key, n))
+        goto out;
+    if (!through_batch)
+        rocksdb_readoptions_set_iterate_upper_bound(ro, (const char *)after.data, after.len);
+    it = rocksdb_create_iterator_cf(v->m->db, ro, v->m->cf[CF_INDEX]);
+    if (it && through_batch)
+        it = rocksdb_writebatch_wi_create_iterator_with_base_cf(v->wb, it, v->m->cf[CF_INDEX]);
+    if (!it)
+        goto out;
+    rocksdb_iter_seek(it, (const char *)start.data, start.len);
+    if (!rocksdb_iter_valid(it)) {
+        rc = iter_failed(it) ? -1 : 0;
+        goto out;
+    }
+    size_t kl, vl;
+    const char *k = rocksdb_iter_key(it, &kl);
+    const char *x = rocksdb_iter_value(it, &vl);
+    rc = 0;
+    if (kl == start.len + REVKEY_LEN && memcmp(k, start.data, start.len) == 0) {
+        if (vl < 1) {
+            rc = -1;
+        } else if (x[0] == REC_PUT) {
+            *val = malloc(vl);
+            if (!*val) {
+                rc = -1;
+                goto out;
+            }
+            memcpy(*val, x + 1, vl - 1);
+            *vlen = vl - 1;
+        }
+    }
+out:
+    if (rc == 0 && cached == 0)
+        cache_fill(&v->m->cur, key, n, *val, *vlen);
+    if (rc != 0) {
+        free(*val);
+        *val = NULL;
+    }
+    if (it)
+        rocksdb_iter_destroy(it);
+    if (ro)
+        rocksdb_readoptions_destroy(ro);
+    free(start.data);
+    free(after.data);
+    return rc;
+}
+
 int view_get(mvcc_view *v, const uint8_t *key, size_t key_len, range_rows *r)
 {
     char *val;
     size_t vlen;
-    if (view_point(v, CF_CURRENT, key, key_len, &val, &vlen))
+    if (view_current(v, key, key_len, &val, &vlen))
         return -1;
     if (!val)
         return 0;
@@ -192,40 +242,6 @@ int view_get(mvcc_view *v, const uint8_t *key, size_t key_len, range_rows *r)
         return -1;
     r->count++;
     return 1;
-}
-
-static int range_current(mvcc_view *v, const uint8_t *key, size_t key_len,
-                         const uint8_t *end, size_t end_len, bool unbounded, int64_t limit,
-                         bool count_only, range_rows *r)
-{
-    rocksdb_readoptions_t *ro = view_ro(v);
-    if (!ro)
-        return -1;
-    if (!unbounded && !v->wb)
-        rocksdb_readoptions_set_iterate_upper_bound(ro, (const char *)end, end_len);
-    rocksdb_iterator_t *it = view_iter(v, CF_CURRENT, ro);
-    int rc = it ? 0 : -1;
-    if (it)
-        rocksdb_iter_seek(it, (const char *)key, key_len);
-    while (rc == 0 && rocksdb_iter_valid(it)) {
-        size_t kl, vl;
-        const uint8_t *k = (const uint8_t *)rocksdb_iter_key(it, &kl);
-        if (!unbounded && bytes_compare(k, kl, end, end_len) >= 0)
-            break;
-        r->count++;
-        if (!count_only && (limit <= 0 || (int64_t)r->n < limit)) {
-            const char *val = rocksdb_iter_value(it, &vl);
-            rc = rows_add(r, val, vl);
-        }
-        rocksdb_iter_next(it);
-    }
-    if (it) {
-        if (iter_failed(it))
-            rc = -1;
-        rocksdb_iter_destroy(it);
-    }
-    rocksdb_readoptions_destroy(ro);
-    return rc;
 }
 
 /* Moves the iterator to the first entry >= target. Usually that is only a
@@ -244,7 +260,9 @@ static void iter_skip_to(rocksdb_iterator_t *it, const mvcc_buf *target)
     rocksdb_iter_seek(it, (const char *)target->data, target->len);
 }
 
-static int range_past(mvcc_view *v, const uint8_t *key, size_t key_len,
+/* Every key of the range at revision `at` (the view's own for a read at the
+ * current revision). */
+static int range_at(mvcc_view *v, const uint8_t *key, size_t key_len,
                       const uint8_t *end, size_t end_len, bool single, bool unbounded,
                       int64_t at, int64_t limit, bool count_only, range_rows *r)
 {
@@ -263,6 +281,9 @@ static int range_past(mvcc_view *v, const uint8_t *key, size_t key_len,
         if (!unbounded && idxkey_key_start(&upper, end, end_len))
             goto out;
     }
+    /* through a write batch the bound is checked below only */
+    if (upper.len && !v->wb)
+        rocksdb_readoptions_set_iterate_upper_bound(ro, (const char *)upper.data, upper.len);
     it = view_iter(v, CF_INDEX, ro);
     if (!it)
         goto out;
@@ -292,22 +313,16 @@ static int range_past(mvcc_view *v, const uint8_t *key, size_t key_len,
             iter_skip_to(it, &seekto);
             continue;
         }
-        const char *flag = rocksdb_iter_value(it, &vl);
-        if (vl >= 1 && flag[0] == REC_PUT) {
+        /* the entry holds the record: flag byte + KeyValue */
+        const char *rec = rocksdb_iter_value(it, &vl);
+        if (vl < 1) {
+            rc = -1;
+            break;
+        }
+        if (rec[0] == REC_PUT) {
             r->count++;
-            if (!count_only && (limit <= 0 || (int64_t)r->n < limit)) {
-                uint8_t rk[REVKEY_LEN];
-                char *val;
-                size_t n;
-                revkey_make(rk, main, sub);
-                if (view_point(v, CF_REV, rk, REVKEY_LEN, &val, &n) || !val || n < 1) {
-                    free(val);
-                    rc = -1;
-                    break;
-                }
-                rc = rows_add(r, val + 1, n - 1);
-                free(val);
-            }
+            if (!count_only && (limit <= 0 || (int64_t)r->n < limit))
+                rc = rows_add(r, rec + 1, vl - 1);
         }
         if (idxkey_key_after(&seekto, ukey.data, ukey.len)) {
             rc = -1;
@@ -346,10 +361,11 @@ int view_range(mvcc_view *v, const uint8_t *key, size_t key_len,
             }
             return rc < 0 ? -1 : 0;
         }
-        rc = range_current(v, key, key_len, end, end_len, unbounded, limit, count_only, r);
+        rc = range_at(v, key, key_len, end, end_len, false, unbounded, v->rev, limit,
+                      count_only, r);
     } else {
-        rc = range_past(v, key, key_len, end, end_len, single, unbounded, at, limit,
-                        count_only, r);
+        rc = range_at(v, key, key_len, end, end_len, single, unbounded, at, limit, count_only,
+                      r);
     }
     if (rc == 0)
         rc = rows_parse(r);
