@@ -1,10 +1,12 @@
-/* The apply thread's cache of the "current" family (see mvcc_internal.h). */
+/* The apply thread's cache of live records (see mvcc_internal.h). */
 #include <stdlib.h>
 #include <string.h>
 
 #include "mvcc_internal.h"
 
-#define CACHE_SLOTS (1u << 17)
+#ifndef CACHE_SETS /* tests build it tiny, to exercise evictions */
+#define CACHE_SETS (1u << 17) /* of two slots: the recently used one first */
+#endif
 #define CACHE_BUDGET (32u << 20)  /* bytes of keys and values */
 #define CACHE_MAX_RECORD (8u << 10) /* larger records are not kept */
 
@@ -31,10 +33,10 @@ static bool written(const cur_cache *c, uint64_t h)
 int cache_init(cur_cache *c)
 {
     memset(c, 0, sizeof *c);
-    c->slots = calloc(CACHE_SLOTS, sizeof *c->slots);
+    c->slots = calloc(2 * (size_t)CACHE_SETS, sizeof *c->slots);
     if (!c->slots)
         return -1;
-    c->mask = CACHE_SLOTS - 1;
+    c->mask = CACHE_SETS - 1;
     c->budget = CACHE_BUDGET;
     return 0;
 }
@@ -43,7 +45,7 @@ void cache_clear(cur_cache *c)
 {
     if (!c->slots)
         return;
-    for (size_t i = 0; i <= c->mask; i++) {
+    for (size_t i = 0; i < 2 * (c->mask + 1); i++) {
         free(c->slots[i].data);
         c->slots[i].data = NULL;
     }
@@ -68,6 +70,34 @@ void cache_begin(cur_cache *c)
     c->save_notes = c->save_len = 0;
 }
 
+/* The key's slot in its set, moved to the front (most recently used); NULL
+ * when the set does not hold the key. */
+static struct cur_slot *slot_find(cur_cache *c, uint64_t h, const void *key, size_t klen)
+{
+    struct cur_slot *set = &c->slots[2 * (h & c->mask)];
+    for (int i = 0; i < 2; i++) {
+        struct cur_slot *s = &set[i];
+        if (s->data && s->hash == h && s->klen == klen && memcmp(s->data, key, klen) == 0) {
+            if (i == 1) {
+                struct cur_slot t = set[0];
+                set[0] = set[1];
+                set[1] = t;
+            }
+            return &set[0];
+        }
+    }
+    return NULL;
+}
+
+static void slot_drop(cur_cache *c, struct cur_slot *s)
+{
+    if (s->data) {
+        c->bytes -= s->klen + s->vlen;
+        free(s->data);
+        s->data = NULL;
+    }
+}
+
 int cache_read(cur_cache *c, const void *key, size_t klen, char **val, size_t *vlen)
 {
     if (!c->slots)
@@ -75,8 +105,8 @@ int cache_read(cur_cache *c, const void *key, size_t klen, char **val, size_t *v
     uint64_t h = key_hash(key, klen);
     if (written(c, h))
         return 2; /* maybe written by this entry: the batch knows */
-    const struct cur_slot *s = &c->slots[h & c->mask];
-    if (!s->data || s->hash != h || s->klen != klen || memcmp(s->data, key, klen) != 0)
+    struct cur_slot *s = slot_find(c, h, key, klen);
+    if (!s)
         return 0;
     if (!s->present) {
         *val = NULL;
@@ -94,18 +124,29 @@ int cache_read(cur_cache *c, const void *key, size_t klen, char **val, size_t *v
 static void slot_set(cur_cache *c, uint64_t h, const void *key, size_t klen, const void *val,
                      size_t vlen, bool present)
 {
-    struct cur_slot *s = &c->slots[h & c->mask];
-    if (s->data) {
-        c->bytes -= s->klen + s->vlen;
-        free(s->data);
-        s->data = NULL;
+    struct cur_slot *s = slot_find(c, h, key, klen);
+    if (!s) {
+        /* a new key takes the front slot; the least recently used leaves */
+        struct cur_slot *set = &c->slots[2 * (h & c->mask)];
+        slot_drop(c, &set[1]);
+        set[1] = set[0];
+        set[0].data = NULL;
+        s = &set[0];
     }
+    /* s is empty or holds this key */
     size_t need = klen + (present ? vlen : 0);
-    if (klen + vlen > CACHE_MAX_RECORD || c->bytes + need > c->budget)
+    size_t have = s->data ? (size_t)s->klen + s->vlen : 0;
+    if (klen + vlen > CACHE_MAX_RECORD || c->bytes - have + need > c->budget) {
+        slot_drop(c, s);
         return;
-    s->data = malloc(need ? need : 1);
-    if (!s->data)
-        return;
+    }
+    if (!s->data || have != need) {
+        slot_drop(c, s);
+        s->data = malloc(need ? need : 1);
+        if (!s->data)
+            return;
+        c->bytes += need;
+    }
     memcpy(s->data, key, klen);
     if (present && vlen)
         memcpy(s->data + klen, val, vlen);
@@ -113,7 +154,6 @@ static void slot_set(cur_cache *c, uint64_t h, const void *key, size_t klen, con
     s->klen = (uint32_t)klen;
     s->vlen = present ? (uint32_t)vlen : 0;
     s->present = present;
-    c->bytes += need;
 }
 
 void cache_fill(cur_cache *c, const void *key, size_t klen, const char *val, size_t vlen)

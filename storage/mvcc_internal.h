@@ -95,13 +95,13 @@ typedef struct range_rows {
 
 enum { CF_DEFAULT, CF_META, CF_REV, CF_INDEX, CF_CURRENT, CF_LEASE, CF_LEASE_KEYS, CF_COUNT };
 
-/* ---- mvcc_cache.c: the apply thread's cache of the "current" family ----
+/* ---- mvcc_cache.c: the apply thread's cache of live records ----
  *
- * Every Put (and every txn compare) reads the key's current record before
- * writing it. From RocksDB that is a memtable and SST search: about a fifth
- * of the apply thread's time at 256 clients. The cache keeps recent records
- * (and absences) in a direct-mapped table, bounded in bytes, used and
- * changed only by the apply thread. An entry's writes are noted as they are
+ * Every Put (and every txn compare) reads the key's live record before
+ * writing it. From RocksDB that is an "index" seek through memtables and
+ * SST files. The cache keeps recent records (and absences) in a two-way
+ * set-associative table (the least recently used of a set leaves), bounded
+ * in bytes, used and changed only by the apply thread. An entry's writes are noted as they are
  * made (a txn's rollback drops its notes) and reach the table only once the
  * entry's batch is committed; a key written earlier in the same entry is
  * read through the batch instead (a 4096-bit filter of written keys says
