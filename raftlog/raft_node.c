@@ -43,17 +43,23 @@ static const char ERR_LEADER_CHANGED[] = "etcdserver: leader changed";
 static const char ERR_STOPPED[] = "etcdserver: server stopped";
 static const char ERR_CANCELLED[] = "etcdserver: request cancelled";
 static const char ERR_TIMEOUT[] = "etcdserver: request timed out";
+static const char ERR_TIMEOUT_LEADER_FAIL[] =
+    "etcdserver: request timed out, possibly due to previous leader failure";
 /* How long a membership change that failed waits before it is tried again. */
 #define CHANGE_RETRY_MS 1000
 /* How long reads wait before asking the leader again after a failed ask. */
 #define REMOTE_RETRY_MS 50
 
-/* A proposed entry waiting for its apply callback. */
+/* A proposed entry waiting for its apply callback, or, once leadership was
+ * lost with it in the log, for the apply of its index (an orphan). */
 typedef struct proposal {
     struct raft_apply req;
     raft_node *node;
     void **ctxs;
     size_t n_ops;
+    uint64_t term;        /* the term it was appended in */
+    uint64_t deadline_ms; /* an orphan gives up then (now_ms) */
+    struct proposal *next; /* in the orphan list */
 } proposal;
 
 /* What the FSM's apply hands to the apply callback of the same entry. */
@@ -175,6 +181,13 @@ struct raft_node {
     /* What leader_change was last told, and for which term. */
     int leading;
     uint64_t leading_term;
+
+    /* Proposals whose leader stepped down before they were committed, in
+     * index order: the entry may still be committed by the next leader, so
+     * they wait for their index to be applied (see settle_orphans). */
+    proposal *orphans, *orphans_tail;
+    /* When this member last saw a new leader (leader or term changed), ms */
+    uint64_t seen_leader, seen_leader_term, leader_elected_ms;
 };
 
 static void logf_(const char *level, const char *fmt, ...)
@@ -277,6 +290,105 @@ static void release_applied(raft_node *n)
 
 /* ---- FSM ---- */
 
+/* The term of the log entry at `index`, or 0 when c-raft's in-memory log
+ * (struct raft_log in raft.h: a ring of entries, the first at offset + 1)
+ * does not hold it. An entry being applied is always there. */
+static uint64_t entry_term(const raft_node *n, uint64_t index)
+{
+    const struct raft_log *l = &n->raft.log;
+    if (l->size == 0 || index <= l->offset)
+        return 0;
+    size_t count = l->back >= l->front ? l->back - l->front : l->size - l->front + l->back;
+    uint64_t k = index - l->offset - 1;
+    if (k >= count)
+        return 0;
+    return l->entries[(l->front + k) % l->size].term;
+}
+
+static proposal *take_orphan(raft_node *n)
+{
+    proposal *p = n->orphans;
+    n->orphans = p->next;
+    if (!n->orphans)
+        n->orphans_tail = NULL;
+    return p;
+}
+
+static void free_proposal(proposal *p)
+{
+    free(p->ctxs);
+    free(p);
+}
+
+/* Notes when a new leader (or the same one in a new term) is first seen. */
+static void note_leader(raft_node *n, uint64_t leader, uint64_t now)
+{
+    if (leader != 0 && (leader != n->seen_leader || n->raft.current_term != n->seen_leader_term)) {
+        n->seen_leader = leader;
+        n->seen_leader_term = n->raft.current_term;
+        n->leader_elected_ms = now;
+    }
+}
+
+/* etcd's answer for a write that waited in vain: "possibly due to previous
+ * leader failure" when a leader was elected within two election timeouts
+ * after the write began, plain "request timed out" otherwise. */
+static const char *orphan_message(raft_node *n, const proposal *p)
+{
+    raft_id leader = 0;
+    const char *addr = NULL;
+    raft_leader(&n->raft, &leader, &addr);
+    note_leader(n, leader, now_ms());
+    uint64_t start = p->deadline_ms - n->request_timeout_ms;
+    uint64_t elected = n->leader_elected_ms;
+    if (elected && start < elected && start + 2u * (uint64_t)n->cfg.election_ms > elected)
+        return ERR_TIMEOUT_LEADER_FAIL;
+    return ERR_TIMEOUT;
+}
+
+static void fail_proposal(raft_node *n, proposal *p, const char *message)
+{
+    for (size_t i = 0; i < p->n_ops; i++)
+        fail_op(n, p->ctxs[i], message);
+    free_proposal(p);
+}
+
+/* Index `index` has been applied (r: its results) or, with r NULL, skipped
+ * by a snapshot. An orphan at that index whose entry is still the one it
+ * appended (same term) gets the results; any other orphan up to `index`
+ * lost its entry to another leader's, or cannot know: it fails with the
+ * timeout etcd would give it. */
+static void settle_orphans(raft_node *n, uint64_t index, const apply_results *r)
+{
+    while (n->orphans && n->orphans->req.index <= index) {
+        proposal *p = take_orphan(n);
+        if (r && p->req.index == index && p->n_ops == r->n && entry_term(n, index) == p->term) {
+            for (size_t i = 0; i < p->n_ops; i++)
+                n->cfg.op_done(p->ctxs[i], &r->results[i], n->out.data, n->cfg.cb_arg);
+            free_proposal(p);
+        } else {
+            fail_proposal(n, p, orphan_message(n, p));
+        }
+    }
+}
+
+/* Orphans wait no longer than the request timeout, as etcd's writes do. */
+static void expire_orphans(raft_node *n, uint64_t now)
+{
+    proposal **link = &n->orphans, *last = NULL;
+    while (*link) {
+        proposal *p = *link;
+        if (p->deadline_ms <= now) {
+            *link = p->next;
+            fail_proposal(n, p, orphan_message(n, p));
+        } else {
+            last = p;
+            link = &p->next;
+        }
+    }
+    n->orphans_tail = last;
+}
+
 static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void **result)
 {
     raft_node *n = fsm->data;
@@ -317,6 +429,8 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
                                             : buf->len;
     if (n->cfg.applied)
         n->cfg.applied(n->cfg.cb_arg, index);
+    if (n->orphans)
+        settle_orphans(n, index, &n->cur);
     return 0;
 }
 
@@ -505,18 +619,25 @@ static void apply_cb(struct raft_apply *req, int status, void *result)
         apply_results *r = result;
         for (size_t i = 0; i < p->n_ops; i++)
             n->cfg.op_done(p->ctxs[i], &r->results[i], n->out.data, n->cfg.cb_arg);
+    } else if (status == RAFT_LEADERSHIPLOST && !n->closing) {
+        /* The entry stays in this member's log and the next leader may
+         * still commit it (this member itself, when it is the only voter
+         * left): like etcd, the write waits for that, up to its timeout. */
+        p->next = NULL;
+        if (n->orphans_tail)
+            n->orphans_tail->next = p;
+        else
+            n->orphans = p;
+        n->orphans_tail = p;
+        return;
     } else {
-        /* When leadership is lost the entry may still be committed by
-         * the next leader: its outcome is unknown, which etcd reports as a
-         * timeout. */
         const char *msg = status == RAFT_SHUTDOWN ? ERR_STOPPED
                           : status == RAFT_NOSPACE ? ERR_CANCELLED
                                                    : ERR_TIMEOUT;
         for (size_t i = 0; i < p->n_ops; i++)
             fail_op(n, p->ctxs[i], msg);
     }
-    free(p->ctxs);
-    free(p);
+    free_proposal(p);
 }
 
 static void propose(raft_node *n, batch_entry *e)
@@ -544,6 +665,8 @@ static void propose(raft_node *n, batch_entry *e)
         free(p);
         return;
     }
+    p->term = n->raft.current_term;
+    p->deadline_ms = now_ms() + n->request_timeout_ms;
     n->in_flight++;
 }
 
@@ -884,17 +1007,21 @@ static void propagate_commit(raft_node *n)
  * new term while still leading is a stop and a start. */
 static void report_leadership(raft_node *n, int leading)
 {
-    if (!n->cfg.leader_change)
-        return;
     uint64_t term = n->raft.current_term;
     if (n->leading && (!leading || n->leading_term != term)) {
         n->leading = 0;
-        n->cfg.leader_change(n->cfg.cb_arg, 0);
+        logf_("info", "this member no longer leads (it led in term %llu)",
+              (unsigned long long)n->leading_term);
+        if (n->cfg.leader_change)
+            n->cfg.leader_change(n->cfg.cb_arg, 0);
     }
     if (leading && !n->leading) {
         n->leading = 1;
         n->leading_term = term;
-        n->cfg.leader_change(n->cfg.cb_arg, 1);
+        if (n->raft.configuration.n > 1)
+            logf_("info", "this member leads in term %llu", (unsigned long long)term);
+        if (n->cfg.leader_change)
+            n->cfg.leader_change(n->cfg.cb_arg, 1);
     }
 }
 
@@ -980,6 +1107,8 @@ static void on_wake(uv_async_t *h)
         fail_reads(n, &n->read_pending, ERR_STOPPED);
         fail_reads(n, &n->read_remote, ERR_STOPPED);
         fail_reads(n, &n->read_applied, ERR_STOPPED);
+        while (n->orphans)
+            fail_proposal(n, take_orphan(n), ERR_STOPPED);
         if (n->transfer_ctx && n->cfg.transfer_done)
             n->cfg.transfer_done(n->transfer_ctx, ERR_STOPPED, n->cfg.cb_arg);
         n->transfer_ctx = NULL;
@@ -1110,6 +1239,7 @@ static void on_tick(uv_timer_t *h)
     const char *addr = NULL;
     raft_leader(&n->raft, &leader, &addr);
     uint64_t now = now_ms();
+    note_leader(n, leader, now);
     if (leader != 0)
         n->no_leader_since = 0;
     else if (n->no_leader_since == 0)
@@ -1127,6 +1257,8 @@ static void on_tick(uv_timer_t *h)
         }
     }
     expire_reads(n, &n->read_pending, now, ERR_TIMEOUT);
+    if (n->orphans)
+        expire_orphans(n, now);
     pump_reads(n);
     reconcile_members(n);
     publish_status(n);
