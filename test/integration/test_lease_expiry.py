@@ -25,7 +25,7 @@ R, with TTL T:
   * its key must be gone by R + T + 1 s.
 
 When a key disappears is taken from a watch on exp/ opened before the first
-grant (a thread of its own): the time its DELETE event arrives (an upper
+grant (a process of its own): the time its DELETE event arrives (an upper
 bound of the deletion, later by the delivery latency; so the early check is
 lenient by that latency, and the late check is strict by it).  A Range of
 exp/ every second cross-checks the watch: a key missing from a Range must
@@ -55,7 +55,8 @@ _INFLIGHT (256), _RATE (800 expiries/s; 0 = unpaced).
 
 import asyncio
 import os
-import queue
+import subprocess
+import sys
 import threading
 import time
 
@@ -135,57 +136,105 @@ def grant_order():
     return order
 
 
-class Watcher(threading.Thread):
-    """A watch on exp/ (its own channel and thread): the arrival time of every
-    DELETE event, by key."""
+class Watcher:
+    """A watch on exp/ in a process of its own (this file run with --watch):
+    the arrival time of every DELETE event, by key.  The child takes the
+    times (time.monotonic() is the machine's CLOCK_MONOTONIC, the same in
+    both processes), so they do not depend on when this busy process (the
+    grants, the keep-alives) gets to run: in a thread here the events were
+    read up to 2 s late while Python's GIL was held by the asyncio clients,
+    and keys looked late that the server had deleted on time."""
 
     def __init__(self, server, start_revision):
-        super().__init__(name="exp-watch", daemon=True)
-        self.channel = server.new_channel()
+        self.endpoint = server.endpoint
         self.start_revision = start_revision
         self.deleted = {}            # key -> (time, mod_revision)
         self.duplicates = []
         self.created = threading.Event()
         self.error = None
-        self._requests = queue.Queue()
         self._stopping = False
+        self._proc = None
+        self._reader = None
 
-    def _request_iter(self):
-        yield rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(
-            key=PREFIX, range_end=harness.prefix_end(PREFIX),
-            start_revision=self.start_revision))
-        while True:
-            item = self._requests.get()
-            if item is None:
-                return
+    def start(self):
+        self._proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--watch", self.endpoint,
+             str(self.start_revision)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        harness.register_process(self._proc)
+        self._reader = threading.Thread(target=self._read, name="exp-watch", daemon=True)
+        self._reader.start()
 
-    def run(self):
-        stub = rpc_pb2_grpc.WatchStub(self.channel)
+    def _read(self):
         try:
-            for resp in stub.Watch(self._request_iter()):
-                now = time.monotonic()
-                if resp.created:
+            for line in self._proc.stdout:
+                kind, _, rest = line.rstrip("\n").partition(" ")
+                if kind == "D":
+                    key, when, revision = rest.split(" ")
+                    key = bytes.fromhex(key)
+                    if key in self.deleted:
+                        self.duplicates.append(key)
+                    else:
+                        self.deleted[key] = (float(when), int(revision))
+                elif kind == "C":
                     self.created.set()
-                for ev in resp.events:
-                    if ev.type == ev.DELETE:
-                        if ev.kv.key in self.deleted:
-                            self.duplicates.append(ev.kv.key)
-                        else:
-                            self.deleted[ev.kv.key] = (now, ev.kv.mod_revision)
-                if resp.canceled:
-                    self.error = "watch canceled: %s" % resp.cancel_reason
-                    return
-        except grpc.RpcError as exc:
-            if not self._stopping:
-                self.error = "watch stream failed: %s %s" % (exc.code(), exc.details())
+                elif kind == "E" and not self._stopping:
+                    self.error = rest
         finally:
+            if self._proc.wait() != 0 and not self._stopping and not self.error:
+                self.error = "the watch process exited with %d" % self._proc.returncode
             self.created.set()
 
     def stop(self):
         self._stopping = True
-        self._requests.put(None)
-        self.channel.close()
-        self.join(10)
+        try:
+            self._proc.stdin.close()     # the child ends its stream and exits
+        except OSError:
+            pass
+        try:
+            self._proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+        self._reader.join(10)
+
+
+def watch_main(endpoint, start_revision):
+    """The child of Watcher: one line per event on stdout ("C" once created,
+    "D <key hex> <arrival time> <mod_revision>" per DELETE, "E <why>" when the
+    stream fails); it stops when its stdin closes."""
+    channel = grpc.insecure_channel(endpoint)
+    stop = threading.Event()
+
+    def requests():
+        yield rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(
+            key=PREFIX, range_end=harness.prefix_end(PREFIX), start_revision=start_revision))
+        stop.wait()
+
+    responses = rpc_pb2_grpc.WatchStub(channel).Watch(requests())
+
+    def wait_for_stop():
+        sys.stdin.read()
+        stop.set()
+        responses.cancel()           # no event after the parent stops watching
+
+    threading.Thread(target=wait_for_stop, daemon=True).start()
+    out = sys.stdout
+    try:
+        for resp in responses:
+            now = time.monotonic()
+            if resp.created:
+                out.write("C\n")
+            for ev in resp.events:
+                if ev.type == ev.DELETE:
+                    out.write("D %s %.6f %d\n" % (ev.kv.key.hex(), now, ev.kv.mod_revision))
+            if resp.canceled:
+                out.write("E watch canceled: %s\n" % resp.cancel_reason)
+                break
+            out.flush()
+    except grpc.RpcError as exc:
+        if not stop.is_set():
+            out.write("E watch stream failed: %s %s\n" % (exc.code(), exc.details()))
+    out.flush()
+    channel.close()
 
 
 class KeepAliver:
@@ -277,9 +326,14 @@ async def grant_all(stubs, kvs, leases, order, keeper, stats):
     """Grants every lease (INFLIGHT at a time), puts its key, hands the kept
     and dropped ones to the keeper.  Paced to RATE expiries a second."""
     next_index = [0]
-    started = time.monotonic()
-    # paced: grant number k (in `order`) not before started + k / rate, where
-    # rate is chosen so that the expiries (all but kept) come at RATE a second
+    # paced: each grant takes the next free slot, 1 / rate after the one
+    # before and never in the past, where rate is chosen so that the
+    # expiries (all but kept) come at RATE a second.  A slot missed while the
+    # client or the server was held up is not made up later: catching up
+    # would send grants (and so expiries) in bursts faster than RATE, beyond
+    # the lessor's revoke rate (1,000/s, etcd's), and their keys would go late
+    # because of the test's own burst.
+    next_slot = [time.monotonic()]
     non_kept_share = sum(1 for i in range(N) if group_of(i) != KEPT) / float(N)
     rate = RATE / non_kept_share if RATE > 0 else 0
 
@@ -291,9 +345,11 @@ async def grant_all(stubs, kvs, leases, order, keeper, stats):
                 return
             next_index[0] += 1
             if rate:
-                delay = started + k / rate - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+                now = time.monotonic()
+                slot = max(next_slot[0], now)
+                next_slot[0] = slot + 1.0 / rate
+                if slot > now:
+                    await asyncio.sleep(slot - now)
             lease = leases[order[k]]
             lease.sent = time.monotonic()
             try:
@@ -561,4 +617,7 @@ def check_results(failures, leases, stats, watcher):
 
 
 if __name__ == "__main__":
-    harness.run(main)
+    if len(sys.argv) == 4 and sys.argv[1] == "--watch":
+        watch_main(sys.argv[2], int(sys.argv[3]))
+    else:
+        harness.run(main)
