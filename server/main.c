@@ -87,7 +87,7 @@ static void host_port(const config_url *u, char *out, size_t cap)
 
 /* The raft thread applies entries; sending the replies through gRPC's
  * write path (a quarter of what it did per Put at 256 clients) is left to
- * the reply thread. */
+ * the completion-queue threads. */
 static void raft_thread_started(void *arg)
 {
     (void)arg;

@@ -34,6 +34,14 @@ typedef struct rpc_queue {
     grpc_completion_queue *cq;
     pthread_t thread;
     unsigned index;
+    /* Replies handed over by other threads (rpc_defer_replies_here), sent
+     * by this queue's thread: the first one posts `kick`, an empty batch
+     * that completes at once on this queue. */
+    pthread_mutex_t mu;
+    pthread_cond_t idle;
+    struct rpc_call *reply_head, *reply_tail;
+    int kick_pending, closed;
+    tag kick;
 } rpc_queue;
 
 typedef struct registered {
@@ -46,19 +54,8 @@ typedef struct registered_stream {
     void *handle;
 } registered_stream;
 
-/* Replies handed over by rpc_defer_replies_here() threads, sent in order
- * by one thread. */
-typedef struct reply_queue {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    struct rpc_call *head, *tail;
-    int running, stop;
-    pthread_t thread;
-} reply_queue;
-
 struct rpc_server {
     grpc_server *server;
-    reply_queue replies;
     rpc_queue *queues;
     unsigned n_queues;
     registered *methods;
@@ -89,7 +86,7 @@ struct rpc_call {
     grpc_byte_buffer *resp;
     void *data;
     gpr_timespec arrived;
-    /* a reply waiting for the reply thread */
+    /* a reply waiting for its queue thread (reply_on_queue) */
     struct rpc_call *next_reply;
     grpc_status_code reply_code;
     char *reply_message;
@@ -176,18 +173,39 @@ void rpc_defer_replies_here(void)
     defer_replies = 1;
 }
 
-/* Queues c's reply for the reply thread; 0 if it must be sent here (the
- * thread is not running, or stopping). */
-static int reply_later(rpc_call *c, grpc_status_code code, const char *message)
+/* On a queue thread: sends the replies handed over since the last kick. */
+static void on_kick(tag *t, int ok)
 {
-    reply_queue *q = &c->server->replies;
-    if (!defer_replies)
-        return 0;
+    (void)ok;
+    rpc_queue *q = (rpc_queue *)((char *)t - offsetof(rpc_queue, kick));
+    pthread_mutex_lock(&q->mu);
+    rpc_call *list = q->reply_head;
+    q->reply_head = q->reply_tail = NULL;
+    q->kick_pending = 0;
+    pthread_cond_broadcast(&q->idle);
+    pthread_mutex_unlock(&q->mu);
+    while (list) {
+        rpc_call *next = list->next_reply;
+        char *msg = list->reply_message;
+        list->reply_message = NULL;
+        send_reply(list, list->reply_code, msg);
+        free(msg);
+        list = next;
+    }
+}
+
+/* Hands c's reply to the thread of c's completion queue; 0 if it must be
+ * sent here (the queues are closing). Sent there, a reply costs the server
+ * less gRPC work than from another thread (put at 256 clients: 50 vs 58 us
+ * of server CPU per Put, 6 interleaved runs; a thread of its own before). */
+static int reply_on_queue(rpc_call *c, grpc_status_code code, const char *message)
+{
+    rpc_queue *q = c->queue;
     char *msg = NULL;
     if (message && !(msg = strdup(message)))
         return 0;
     pthread_mutex_lock(&q->mu);
-    if (!q->running || q->stop) {
+    if (q->closed) {
         pthread_mutex_unlock(&q->mu);
         free(msg);
         return 0;
@@ -195,43 +213,27 @@ static int reply_later(rpc_call *c, grpc_status_code code, const char *message)
     c->reply_code = code;
     c->reply_message = msg;
     c->next_reply = NULL;
-    int was_empty = q->head == NULL;
-    if (q->tail)
-        q->tail->next_reply = c;
+    if (q->reply_tail)
+        q->reply_tail->next_reply = c;
     else
-        q->head = c;
-    q->tail = c;
-    if (was_empty)
-        pthread_cond_signal(&q->cv);
+        q->reply_head = c;
+    q->reply_tail = c;
+    int kick = !q->kick_pending;
+    q->kick_pending = 1;
     pthread_mutex_unlock(&q->mu);
+    /* c stays queued (alive) until on_kick runs, which needs this kick: an
+     * empty batch completes at once on the call's queue (gRPC's rule for a
+     * batch of no ops), which wakes the queue's thread. */
+    if (kick && start_batch(c->call, NULL, 0, &q->kick) != GRPC_CALL_OK)
+        on_kick(&q->kick, 0); /* then they are sent from here */
     return 1;
 }
 
-static void *reply_main(void *arg)
+/* Queues c's reply for its queue's thread when this thread defers its
+ * replies; 0 if it must be sent here. */
+static int reply_later(rpc_call *c, grpc_status_code code, const char *message)
 {
-    pthread_setname_np(pthread_self(), "rpc-reply");
-    reply_queue *q = arg;
-    pthread_mutex_lock(&q->mu);
-    for (;;) {
-        while (!q->head && !q->stop)
-            pthread_cond_wait(&q->cv, &q->mu);
-        rpc_call *list = q->head;
-        q->head = q->tail = NULL;
-        if (!list && q->stop)
-            break;
-        pthread_mutex_unlock(&q->mu);
-        while (list) {
-            rpc_call *next = list->next_reply;
-            char *msg = list->reply_message;
-            list->reply_message = NULL;
-            send_reply(list, list->reply_code, msg);
-            free(msg);
-            list = next;
-        }
-        pthread_mutex_lock(&q->mu);
-    }
-    pthread_mutex_unlock(&q->mu);
-    return NULL;
+    return defer_replies && reply_on_queue(c, code, message);
 }
 
 void rpc_reply(rpc_call *c, const uint8_t *resp, size_t len)
@@ -709,8 +711,6 @@ rpc_server *rpc_server_create(const rpc_options *opt, const rpc_method *methods,
                               const rpc_stream_method *streams, size_t n_streams, char **errmsg)
 {
     rpc_server *s = calloc(1, sizeof *s);
-    pthread_mutex_init(&s->replies.mu, NULL);
-    pthread_cond_init(&s->replies.cv, NULL);
     s->admit = opt->admit;
     s->admit_arg = opt->admit_arg;
     s->n_queues = opt->threads ? opt->threads : (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
@@ -736,6 +736,9 @@ rpc_server *rpc_server_create(const rpc_options *opt, const rpc_method *methods,
         s->queues[i].server = s;
         s->queues[i].index = i;
         s->queues[i].cq = grpc_completion_queue_create_for_next(NULL);
+        pthread_mutex_init(&s->queues[i].mu, NULL);
+        pthread_cond_init(&s->queues[i].idle, NULL);
+        s->queues[i].kick.fn = on_kick;
         grpc_server_register_completion_queue(s->server, s->queues[i].cq, NULL);
     }
     s->methods = calloc(n_methods, sizeof *s->methods);
@@ -770,8 +773,6 @@ rpc_server *rpc_server_create(const rpc_options *opt, const rpc_method *methods,
 void rpc_server_start(rpc_server *s)
 {
     grpc_server_start(s->server);
-    if (pthread_create(&s->replies.thread, NULL, reply_main, &s->replies) == 0)
-        s->replies.running = 1;
     for (unsigned i = 0; i < s->n_queues; i++) {
         rpc_queue *q = &s->queues[i];
         for (size_t m = 0; m < s->n_methods; m++) {
@@ -798,14 +799,15 @@ void rpc_server_begin_shutdown(rpc_server *s)
 
 void rpc_server_finish_shutdown(rpc_server *s)
 {
-    /* the replies queued so far go out; later ones are sent by their thread */
-    pthread_mutex_lock(&s->replies.mu);
-    s->replies.stop = 1;
-    pthread_cond_signal(&s->replies.cv);
-    pthread_mutex_unlock(&s->replies.mu);
-    if (s->replies.running)
-        pthread_join(s->replies.thread, NULL);
-    s->replies.running = 0;
+    /* replies handed to the queue threads go out before the queues close */
+    for (unsigned i = 0; i < s->n_queues; i++) {
+        rpc_queue *q = &s->queues[i];
+        pthread_mutex_lock(&q->mu);
+        q->closed = 1;
+        while (q->kick_pending)
+            pthread_cond_wait(&q->idle, &q->mu);
+        pthread_mutex_unlock(&q->mu);
+    }
     grpc_completion_queue_pluck(s->shutdown_cq, s, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
     grpc_completion_queue_shutdown(s->shutdown_cq);
     grpc_completion_queue_destroy(s->shutdown_cq);
@@ -823,10 +825,12 @@ void rpc_server_destroy(rpc_server *s)
     grpc_server_destroy(s->server);
     for (unsigned i = 0; i < s->n_queues; i++)
         grpc_completion_queue_destroy(s->queues[i].cq);
+    for (unsigned i = 0; i < s->n_queues; i++) {
+        pthread_mutex_destroy(&s->queues[i].mu);
+        pthread_cond_destroy(&s->queues[i].idle);
+    }
     free(s->queues);
     free(s->methods);
     free(s->streams);
-    pthread_mutex_destroy(&s->replies.mu);
-    pthread_cond_destroy(&s->replies.cv);
     free(s);
 }

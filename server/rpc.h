@@ -101,8 +101,9 @@ void rpc_reply(rpc_call *call, const uint8_t *resp, size_t len);
 /* Sends a failure status with etcd's message. */
 void rpc_fail(rpc_call *call, grpc_status_code code, const char *message);
 /* From now on, rpc_reply and rpc_fail called on this thread hand the reply
- * to the server's reply thread instead of running gRPC's write path here
- * (for the raft thread, whose time bounds the write throughput). */
+ * to the thread of the call's completion queue instead of running gRPC's
+ * write path here (for the raft thread, whose time bounds the write
+ * throughput). */
 void rpc_defer_replies_here(void);
 
 /* Per-call scratch for the handler: a pointer it may set and read back in
