@@ -10,6 +10,7 @@
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
 
+#include "rpc.h"
 #include "tsan_annotate.h"
 
 typedef struct channel_entry {
@@ -141,6 +142,9 @@ static void complete(peer_client *pc, pcall *c)
 static void *client_main(void *arg)
 {
     pthread_setname_np(pthread_self(), "peer-client");
+    /* the answers of forwarded calls, given from the callbacks here, are
+     * sent by their own queue threads (cheaper, as for the raft thread) */
+    rpc_defer_replies_here();
     peer_client *pc = arg;
     for (;;) {
         grpc_event ev = grpc_completion_queue_next(pc->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
