@@ -98,10 +98,20 @@ static int tr_init(struct raft_uv_transport *outer, raft_id id, const char *addr
     return rv;
 }
 
+/* c-raft leaves Nagle's algorithm on: a small message (an append's answer,
+ * a heartbeat) sent while an earlier one is unacknowledged would wait for
+ * that acknowledgement, which the peer delays up to 40 ms. */
+static void no_delay(struct uv_stream_s *stream)
+{
+    if (stream && stream->type == UV_TCP)
+        uv_tcp_nodelay((uv_tcp_t *)stream, 1);
+}
+
 static void on_accept(struct raft_uv_transport *tcp, raft_id id, const char *address,
                       struct uv_stream_s *stream)
 {
     peer_transport *t = INNER(tcp);
+    no_delay(stream);
     t->accept_cb(&t->outer, id, address, stream);
 }
 
@@ -118,8 +128,10 @@ static int tr_listen(struct raft_uv_transport *outer, raft_uv_accept_cb cb)
 static void on_connect(struct raft_uv_connect *req, struct uv_stream_s *stream, int status)
 {
     connect_req *cr = req->data;
-    if (status == 0 && stream)
+    if (status == 0 && stream) {
+        no_delay(stream);
         record(cr->t, cr->id, stream);
+    }
     struct raft_uv_connect *caller = cr->caller;
     raft_uv_connect_cb cb = cr->cb;
     free(cr);
