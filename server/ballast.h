@@ -116,6 +116,9 @@ void cluster_applied(void *arg, uint64_t index);
 int cluster_fetch_store(void *arg, uint64_t leader_id, uint64_t index, const char *const *urls,
                         size_t n_urls);
 void cluster_transfer_done(void *ctx, const char *error, void *arg);
+/* /ballastpb.Internal/Forward: a follower's batch of its clients'
+ * requests, each run here as the call it came in as. */
+void cluster_forwarded(rpc_call *call, const uint8_t *data, size_t len, void *arg);
 /* A forwarded call failed with `code`/`message` from gRPC or the leader:
  * the status and etcd message to answer the client with. */
 void cluster_map_forward_error(grpc_status_code *code, const char **message);

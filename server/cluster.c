@@ -421,8 +421,114 @@ int ballast_route(ballast_server *b, rpc_call *call, const char *method, rpc_una
         rpc_call_set_data(call, NULL);
     }
     unsigned age = (unsigned)rpc_call_age_ms(call), timeout = cluster_request_timeout_ms(b);
-    peer_client_call(b->peers, target, method, data, len, age < timeout ? timeout - age : 1, forward_done, f);
+    peer_client_forward(b->peers, target, method, data, len, age < timeout ? timeout - age : 1,
+                        forward_done, f);
     return 1;
+}
+
+/* ---- a follower's forwarded requests, on the leader ---- */
+
+typedef struct fwd_in fwd_in;
+
+/* One item's answer. */
+typedef struct fwd_part {
+    fwd_in *in;
+    grpc_status_code code;
+    char *message;
+    uint8_t *resp;
+    size_t len;
+} fwd_part;
+
+/* /ballastpb.Internal/Forward in progress: answered once every item is. */
+struct fwd_in {
+    rpc_call *call;
+    Ballastpb__ForwardRequest *req; /* the items' bytes, until answered */
+    size_t n;
+    int remaining; /* atomic: items not answered yet, +1 while dispatching */
+    fwd_part parts[];
+};
+
+static void fwd_in_answer(fwd_in *in)
+{
+    Ballastpb__ForwardResponse__Result *res = calloc(in->n ? in->n : 1, sizeof *res);
+    Ballastpb__ForwardResponse__Result **ptrs = calloc(in->n ? in->n : 1, sizeof *ptrs);
+    if (res && ptrs) {
+        for (size_t i = 0; i < in->n; i++) {
+            ballastpb__forward_response__result__init(&res[i]);
+            res[i].code = (uint32_t)in->parts[i].code;
+            if (in->parts[i].message)
+                res[i].message = in->parts[i].message;
+            res[i].response.data = in->parts[i].resp;
+            res[i].response.len = in->parts[i].len;
+            ptrs[i] = &res[i];
+        }
+        Ballastpb__ForwardResponse resp = BALLASTPB__FORWARD_RESPONSE__INIT;
+        resp.n_results = in->n;
+        resp.results = ptrs;
+        ballast_reply_packed(in->call, &resp.base);
+    } else {
+        rpc_fail(in->call, GRPC_STATUS_RESOURCE_EXHAUSTED, "etcdserver: out of memory");
+    }
+    free(res);
+    free(ptrs);
+    for (size_t i = 0; i < in->n; i++) {
+        free(in->parts[i].message);
+        free(in->parts[i].resp);
+    }
+    ballastpb__forward_request__free_unpacked(in->req, NULL);
+    free(in);
+}
+
+static void fwd_part_done(void *arg, grpc_status_code code, const char *message, const uint8_t *resp,
+                          size_t len)
+{
+    fwd_part *p = arg;
+    p->code = code;
+    if (code != GRPC_STATUS_OK) {
+        p->message = strdup(message ? message : "");
+        if (!p->message)
+            p->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+    } else if (len) {
+        p->resp = malloc(len);
+        if (p->resp) {
+            memcpy(p->resp, resp, len);
+            p->len = len;
+        } else {
+            p->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+        }
+    }
+    if (__atomic_sub_fetch(&p->in->remaining, 1, __ATOMIC_ACQ_REL) == 0)
+        fwd_in_answer(p->in);
+}
+
+void cluster_forwarded(rpc_call *call, const uint8_t *data, size_t len, void *arg)
+{
+    (void)arg;
+    Ballastpb__ForwardRequest *req = ballastpb__forward_request__unpack(NULL, len, data);
+    if (!req) {
+        rpc_fail(call, GRPC_STATUS_INTERNAL, BALLAST_ERR_MALFORMED);
+        return;
+    }
+    fwd_in *in = calloc(1, sizeof *in + req->n_items * sizeof(fwd_part));
+    if (!in) {
+        ballastpb__forward_request__free_unpacked(req, NULL);
+        rpc_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "etcdserver: out of memory");
+        return;
+    }
+    in->call = call;
+    in->req = req;
+    in->n = req->n_items;
+    in->remaining = (int)req->n_items + 1;
+    for (size_t i = 0; i < in->n; i++) {
+        const Ballastpb__ForwardRequest__Item *it = req->items[i];
+        fwd_part *p = &in->parts[i];
+        p->in = in;
+        if (rpc_call_dispatch(call, it->method, strlen(it->method), it->request.data,
+                              it->request.len, fwd_part_done, p) != 0)
+            fwd_part_done(p, GRPC_STATUS_UNIMPLEMENTED, "unknown method", NULL, 0);
+    }
+    if (__atomic_sub_fetch(&in->remaining, 1, __ATOMIC_ACQ_REL) == 0)
+        fwd_in_answer(in);
 }
 
 static const char ERR_LEARNER[] = "etcdserver: rpc not supported for learner";

@@ -490,5 +490,6 @@ size_t cluster_service_methods(ballast_server *b, rpc_method *out)
     out[4] = (rpc_method){"/etcdserverpb.Cluster/MemberPromote", cluster_member_promote, b, 1};
     out[5] = (rpc_method){"/ballastpb.Internal/PublishMember", cluster_publish_member, b, 2};
     out[6] = (rpc_method){"/etcdserverpb.Maintenance/MoveLeader", maintenance_move_leader, b, 1};
-    return 7;
+    out[7] = (rpc_method){"/ballastpb.Internal/Forward", cluster_forwarded, b, 4};
+    return 8;
 }

@@ -71,6 +71,14 @@ size_t metrics_render(ballast_server *b, char *buf, size_t cap)
     put(&o, "ballast_batch_size_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)cum);
     put(&o, "ballast_batch_size_sum %llu\nballast_batch_size_count %llu\n",
         (unsigned long long)m.ops_total, (unsigned long long)cum);
+    uint64_t fwd_batches, fwd_requests;
+    peer_client_forward_stats(b->peers, &fwd_batches, &fwd_requests);
+    put(&o, "# HELP ballast_forward_batches_total Batches of client requests forwarded to the leader.\n");
+    put(&o, "# TYPE ballast_forward_batches_total counter\nballast_forward_batches_total %llu\n",
+        (unsigned long long)fwd_batches);
+    put(&o, "# HELP ballast_forward_requests_total Client requests forwarded to the leader in batches.\n");
+    put(&o, "# TYPE ballast_forward_requests_total counter\nballast_forward_requests_total %llu\n",
+        (unsigned long long)fwd_requests);
     put(&o, "# TYPE etcd_server_has_leader gauge\netcd_server_has_leader %d\n", st.leader_id != 0);
     put(&o, "# TYPE etcd_server_is_leader gauge\netcd_server_is_leader %d\n", st.is_leader);
     put(&o, "# TYPE etcd_server_proposals_committed_total gauge\netcd_server_proposals_committed_total %llu\n",

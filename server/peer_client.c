@@ -10,12 +10,46 @@
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
 
+#include "raft_message.pb-c.h"
 #include "rpc.h"
 #include "tsan_annotate.h"
+
+#define FWD_METHOD "/ballastpb.Internal/Forward"
+/* Batches of forwarded requests on their way to one target at a time:
+ * while they are, new requests wait and go together in the next one (put
+ * at 256 clients on 3 members: 2 or 1 gave the same throughput within the
+ * noise, 4 and 8 less; 2 waits less at 16 clients). */
+#define FWD_MAX_IN_FLIGHT 2
+#define FWD_ITEM_MAX (64u << 10)  /* larger requests are forwarded alone */
+#define FWD_BATCH_MAX (256u << 10) /* far under any member's receive limit */
+
+/* A forwarded request waiting for its batch. The first item of a batch in
+ * flight stands for the batch (pc, q, n). */
+typedef struct fwd_item {
+    struct fwd_item *next;
+    peer_client *pc;
+    struct fwd_queue *q;
+    size_t n; /* items in the batch */
+    peer_done_fn cb;
+    void *arg;
+    gpr_timespec deadline; /* monotonic */
+    size_t len;
+    char *method; /* in data, after the request */
+    uint8_t data[];
+} fwd_item;
+
+/* The forwarded requests for one target. Guarded by pc->mu. */
+typedef struct fwd_queue {
+    char *target;
+    fwd_item *head, *tail;
+    unsigned in_flight; /* batches */
+    int unimplemented;  /* the target predates batches: one call each */
+} fwd_queue;
 
 typedef struct channel_entry {
     char *target;
     grpc_channel *channel;
+    fwd_queue *fwd; /* created on first use */
 } channel_entry;
 
 /* One asynchronous unary call. */
@@ -39,6 +73,7 @@ struct peer_client {
     int stopping;
     channel_entry *channels;
     size_t n_channels;
+    uint64_t fwd_batches, fwd_items; /* atomic */
 };
 
 static gpr_timespec deadline_in(unsigned ms)
@@ -78,6 +113,7 @@ static grpc_channel *channel_for(peer_client *pc, const char *target)
     }
     c[pc->n_channels].target = t;
     c[pc->n_channels].channel = ch;
+    c[pc->n_channels].fwd = NULL;
     pc->n_channels++;
     return ch;
 }
@@ -196,6 +232,9 @@ void peer_client_free(peer_client *pc)
     for (size_t i = 0; i < pc->n_channels; i++) {
         grpc_channel_destroy(pc->channels[i].channel);
         free(pc->channels[i].target);
+        if (pc->channels[i].fwd) /* its items went out before the shutdown ended */
+            free(pc->channels[i].fwd->target);
+        free(pc->channels[i].fwd);
     }
     free(pc->channels);
     pthread_cond_destroy(&pc->idle);
@@ -357,4 +396,194 @@ grpc_status_code peer_client_read_stream(peer_client *pc, const char *target, co
         ;
     grpc_completion_queue_destroy(cq);
     return status;
+}
+
+/* ---- forwarded requests, in batches ---- */
+
+static unsigned remaining_ms(gpr_timespec deadline, gpr_timespec now)
+{
+    if (gpr_time_cmp(deadline, now) <= 0)
+        return 0;
+    int64_t ms = gpr_time_to_millis(gpr_time_sub(deadline, now));
+    return ms > 0 ? (unsigned)ms : 0;
+}
+
+/* The queue for target, created with its channel. Called with mu held. */
+static fwd_queue *fwd_queue_for(peer_client *pc, const char *target)
+{
+    if (!channel_for(pc, target))
+        return NULL;
+    channel_entry *e = NULL;
+    for (size_t i = 0; i < pc->n_channels && !e; i++)
+        if (strcmp(pc->channels[i].target, target) == 0)
+            e = &pc->channels[i];
+    if (!e->fwd) {
+        fwd_queue *q = calloc(1, sizeof *q);
+        if (!q || !(q->target = strdup(target))) {
+            free(q);
+            return NULL;
+        }
+        e->fwd = q;
+    }
+    return e->fwd;
+}
+
+/* Takes the oldest waiting items, up to FWD_BATCH_MAX bytes (at least
+ * one), as a batch in flight: the first item. Called with mu held and
+ * q->head set. */
+static fwd_item *take_batch_locked(peer_client *pc, fwd_queue *q)
+{
+    fwd_item *b = q->head;
+    b->pc = pc;
+    b->q = q;
+    b->n = 0;
+    size_t bytes = 0;
+    fwd_item *last = NULL;
+    for (fwd_item *it = q->head; it; it = it->next) {
+        size_t sz = it->len + strlen(it->method) + 16;
+        if (b->n > 0 && bytes + sz > FWD_BATCH_MAX)
+            break;
+        bytes += sz;
+        b->n++;
+        last = it;
+    }
+    q->head = last->next;
+    if (!q->head)
+        q->tail = NULL;
+    last->next = NULL;
+    q->in_flight++;
+    __atomic_add_fetch(&pc->fwd_batches, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&pc->fwd_items, b->n, __ATOMIC_RELAXED);
+    return b;
+}
+
+static void batch_done(void *arg, grpc_status_code code, const char *message, const uint8_t *resp,
+                       size_t len);
+
+static void send_batch(fwd_item *b)
+{
+    Ballastpb__ForwardRequest__Item *items = calloc(b->n, sizeof *items);
+    Ballastpb__ForwardRequest__Item **ptrs = calloc(b->n, sizeof *ptrs);
+    Ballastpb__ForwardRequest req = BALLASTPB__FORWARD_REQUEST__INIT;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    /* the batch lasts as long as its youngest item may */
+    gpr_timespec now = gpr_now(GPR_CLOCK_MONOTONIC);
+    unsigned timeout = 1;
+    if (items && ptrs) {
+        size_t i = 0;
+        for (fwd_item *it = b; it; it = it->next, i++) {
+            ballastpb__forward_request__item__init(&items[i]);
+            items[i].method = it->method;
+            items[i].request.data = it->data;
+            items[i].request.len = it->len;
+            ptrs[i] = &items[i];
+            unsigned left = remaining_ms(it->deadline, now);
+            if (left > timeout)
+                timeout = left;
+        }
+        req.n_items = b->n;
+        req.items = ptrs;
+        len = ballastpb__forward_request__get_packed_size(&req);
+        buf = malloc(len ? len : 1);
+        if (buf)
+            ballastpb__forward_request__pack(&req, buf);
+    }
+    free(items);
+    free(ptrs);
+    if (!buf) {
+        batch_done(b, GRPC_STATUS_RESOURCE_EXHAUSTED, "etcdserver: out of memory", NULL, 0);
+        return;
+    }
+    peer_client_call(b->pc, b->q->target, FWD_METHOD, buf, len, timeout, batch_done, b);
+    free(buf);
+}
+
+/* The answer to a batch: each item's own, or the batch's failure for
+ * every item. Then the next batch goes, if requests are waiting. */
+static void batch_done(void *arg, grpc_status_code code, const char *message, const uint8_t *resp,
+                       size_t len)
+{
+    fwd_item *b = arg;
+    peer_client *pc = b->pc;
+    fwd_queue *q = b->q;
+    size_t n = b->n;
+    Ballastpb__ForwardResponse *r = NULL;
+    if (code == GRPC_STATUS_OK) {
+        r = ballastpb__forward_response__unpack(NULL, len, resp);
+        if (!r || r->n_results != n) {
+            code = GRPC_STATUS_INTERNAL;
+            message = "etcdserver: malformed answer from the leader";
+        }
+    }
+    int old_leader = code == GRPC_STATUS_UNIMPLEMENTED;
+    if (old_leader) {
+        pthread_mutex_lock(&pc->mu);
+        q->unimplemented = 1;
+        pthread_mutex_unlock(&pc->mu);
+    }
+    size_t i = 0;
+    for (fwd_item *it = b, *next; it; it = next, i++) {
+        next = it->next;
+        if (old_leader) {
+            unsigned left = remaining_ms(it->deadline, gpr_now(GPR_CLOCK_MONOTONIC));
+            peer_client_call(pc, q->target, it->method, it->data, it->len, left ? left : 1, it->cb,
+                             it->arg);
+        } else if (code == GRPC_STATUS_OK) {
+            const Ballastpb__ForwardResponse__Result *res = r->results[i];
+            grpc_status_code c = (grpc_status_code)res->code;
+            it->cb(it->arg, c, c == GRPC_STATUS_OK ? NULL : res->message,
+                   res->response.data ? res->response.data : (const uint8_t *)"", res->response.len);
+        } else {
+            it->cb(it->arg, code, message, NULL, 0);
+        }
+        free(it);
+    }
+    if (r)
+        ballastpb__forward_response__free_unpacked(r, NULL);
+    pthread_mutex_lock(&pc->mu);
+    q->in_flight--;
+    fwd_item *next = q->head && q->in_flight < FWD_MAX_IN_FLIGHT ? take_batch_locked(pc, q) : NULL;
+    pthread_mutex_unlock(&pc->mu);
+    if (next)
+        send_batch(next);
+}
+
+void peer_client_forward(peer_client *pc, const char *target, const char *method, const uint8_t *req,
+                         size_t len, unsigned timeout_ms, peer_done_fn cb, void *arg)
+{
+    size_t ml = strlen(method);
+    fwd_item *it = len <= FWD_ITEM_MAX ? malloc(sizeof *it + len + ml + 1) : NULL;
+    pthread_mutex_lock(&pc->mu);
+    fwd_queue *q = it && !pc->stopping ? fwd_queue_for(pc, target) : NULL;
+    if (!q || q->unimplemented) {
+        pthread_mutex_unlock(&pc->mu);
+        free(it);
+        peer_client_call(pc, target, method, req, len, timeout_ms, cb, arg);
+        return;
+    }
+    it->next = NULL;
+    it->cb = cb;
+    it->arg = arg;
+    it->deadline = deadline_in(timeout_ms);
+    it->len = len;
+    if (len)
+        memcpy(it->data, req, len);
+    it->method = (char *)it->data + len;
+    memcpy(it->method, method, ml + 1);
+    if (q->tail)
+        q->tail->next = it;
+    else
+        q->head = it;
+    q->tail = it;
+    fwd_item *b = q->in_flight < FWD_MAX_IN_FLIGHT ? take_batch_locked(pc, q) : NULL;
+    pthread_mutex_unlock(&pc->mu);
+    if (b)
+        send_batch(b);
+}
+
+void peer_client_forward_stats(peer_client *pc, uint64_t *batches, uint64_t *requests)
+{
+    *batches = __atomic_load_n(&pc->fwd_batches, __ATOMIC_RELAXED);
+    *requests = __atomic_load_n(&pc->fwd_items, __ATOMIC_RELAXED);
 }

@@ -41,6 +41,17 @@ void peer_client_free(peer_client *pc);
 void peer_client_call(peer_client *pc, const char *target, const char *method, const uint8_t *req,
                       size_t len, unsigned timeout_ms, peer_done_fn cb, void *arg);
 
+/* Like peer_client_call, for a client's request forwarded to the leader:
+ * while FWD_MAX_IN_FLIGHT batches to the target are on their way, requests
+ * wait and then go together as one /ballastpb.Internal/Forward call, where
+ * each runs as the call it came in as and gets its own answer. Alone when
+ * large, or when the target predates that method. */
+void peer_client_forward(peer_client *pc, const char *target, const char *method, const uint8_t *req,
+                         size_t len, unsigned timeout_ms, peer_done_fn cb, void *arg);
+
+/* Batches sent by peer_client_forward, and the requests in them. */
+void peer_client_forward_stats(peer_client *pc, uint64_t *batches, uint64_t *requests);
+
 /* A server-streaming call read to its end on the calling thread (which
  * must not be the client thread): on_message gets each message in order and
  * may stop the call by returning non-zero. Returns the final status code;

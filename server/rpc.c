@@ -90,6 +90,11 @@ struct rpc_call {
     struct rpc_call *next_reply;
     grpc_status_code reply_code;
     char *reply_message;
+    /* a part of another call (rpc_call_dispatch): no gRPC call of its own,
+     * its answer goes to sub_done */
+    struct rpc_call *parent;
+    rpc_sub_done_fn sub_done;
+    void *sub_arg;
 };
 
 /* An unregistered method: answered UNIMPLEMENTED at once (otherwise gRPC
@@ -238,6 +243,11 @@ static int reply_later(rpc_call *c, grpc_status_code code, const char *message)
 
 void rpc_reply(rpc_call *c, const uint8_t *resp, size_t len)
 {
+    if (c->parent) {
+        c->sub_done(c->sub_arg, GRPC_STATUS_OK, NULL, resp, len);
+        call_free(c);
+        return;
+    }
     grpc_slice s = grpc_slice_from_copied_buffer((const char *)resp, len);
     c->resp = grpc_raw_byte_buffer_create(&s, 1);
     grpc_slice_unref(s);
@@ -247,6 +257,11 @@ void rpc_reply(rpc_call *c, const uint8_t *resp, size_t len)
 
 void rpc_fail(rpc_call *c, grpc_status_code code, const char *message)
 {
+    if (c->parent) {
+        c->sub_done(c->sub_arg, code, message, NULL, 0);
+        call_free(c);
+        return;
+    }
     if (!reply_later(c, code, message))
         send_reply(c, code, message);
 }
@@ -262,7 +277,7 @@ static int has_metadata(const grpc_metadata_array *md, const char *key, const ch
 
 int rpc_call_has_metadata(rpc_call *c, const char *key, const char *value)
 {
-    return has_metadata(&c->md, key, value);
+    return has_metadata(c->parent ? &c->parent->md : &c->md, key, value);
 }
 
 uint64_t rpc_call_age_ms(rpc_call *c)
@@ -310,6 +325,36 @@ static void on_requested(tag *t, int ok)
                          c->server->admit_arg) != 0)
         return;
     c->method->m.handler(c, GRPC_SLICE_START_PTR(c->req), GRPC_SLICE_LENGTH(c->req), c->method->m.arg);
+}
+
+int rpc_call_dispatch(rpc_call *parent, const char *path, size_t path_len, const uint8_t *req,
+                      size_t len, rpc_sub_done_fn done, void *arg)
+{
+    rpc_server *s = parent->server;
+    registered *m = NULL;
+    for (size_t i = 0; i < s->n_methods && !m; i++)
+        if (strlen(s->methods[i].m.path) == path_len &&
+            memcmp(s->methods[i].m.path, path, path_len) == 0)
+            m = &s->methods[i];
+    if (!m || m == parent->method)
+        return -1;
+    rpc_call *c = calloc(1, sizeof *c);
+    if (!c) {
+        done(arg, GRPC_STATUS_RESOURCE_EXHAUSTED, "etcdserver: out of memory", NULL, 0);
+        return 0;
+    }
+    c->server = s;
+    c->queue = parent->queue;
+    c->method = m;
+    c->parent = parent;
+    c->sub_done = done;
+    c->sub_arg = arg;
+    c->arrived = gpr_now(GPR_CLOCK_MONOTONIC);
+    grpc_metadata_array_init(&c->md);
+    if (s->admit && s->admit(c, m->m.path, req, len, s->admit_arg) != 0)
+        return 0;
+    m->m.handler(c, req, len, m->m.arg);
+    return 0;
 }
 
 static void post_call(rpc_server *s, rpc_queue *q, registered *m)

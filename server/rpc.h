@@ -115,4 +115,19 @@ int rpc_call_has_metadata(rpc_call *call, const char *key, const char *value);
 uint64_t rpc_call_age_ms(rpc_call *call);
 void *rpc_call_data(rpc_call *call);
 
+/* ---- calls inside a call ----
+ *
+ * A call may carry other requests (a follower's batch of forwarded
+ * requests): each runs through the admit hook and the handler of the
+ * registered unary method `path` as a call of its own, whose rpc_reply or
+ * rpc_fail goes to `done` — on the thread that answers — instead of to a
+ * client. It has no metadata but the parent's. `req` must stay valid until
+ * done has run, and the parent must not be answered before every part has
+ * been. Returns -1 (done not called) when no such method is registered, or
+ * the path is the parent's own method. */
+typedef void (*rpc_sub_done_fn)(void *arg, grpc_status_code code, const char *message,
+                                const uint8_t *resp, size_t len);
+int rpc_call_dispatch(rpc_call *parent, const char *path, size_t path_len, const uint8_t *req,
+                      size_t len, rpc_sub_done_fn done, void *arg);
+
 #endif
