@@ -421,8 +421,14 @@ int ballast_route(ballast_server *b, rpc_call *call, const char *method, rpc_una
         rpc_call_set_data(call, NULL);
     }
     unsigned age = (unsigned)rpc_call_age_ms(call), timeout = cluster_request_timeout_ms(b);
-    peer_client_forward(b->peers, target, method, data, len, age < timeout ? timeout - age : 1,
-                        forward_done, f);
+    /* Only the writes that are answered once applied share batches: a
+     * batch is answered when its slowest item is, and a member change, a
+     * physical Compact or a lease question may take longer. */
+    int batched = strcmp(method, "/etcdserverpb.KV/Put") == 0 ||
+                  strcmp(method, "/etcdserverpb.KV/DeleteRange") == 0 ||
+                  strcmp(method, "/etcdserverpb.KV/Txn") == 0;
+    (batched ? peer_client_forward : peer_client_call)(b->peers, target, method, data, len,
+                                                      age < timeout ? timeout - age : 1, forward_done, f);
     return 1;
 }
 
