@@ -81,12 +81,13 @@ static gpr_timespec deadline_in(unsigned ms)
     return gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(ms, GPR_TIMESPAN));
 }
 
-/* The channel to `target`, created on first use. Called with mu held. */
-static grpc_channel *channel_for(peer_client *pc, const char *target)
+/* The entry (channel and forward queue) for `target`, created on first
+ * use; valid until the next one is created. Called with mu held. */
+static channel_entry *entry_for(peer_client *pc, const char *target)
 {
     for (size_t i = 0; i < pc->n_channels; i++)
         if (strcmp(pc->channels[i].target, target) == 0)
-            return pc->channels[i].channel;
+            return &pc->channels[i];
     channel_entry *c = realloc(pc->channels, (pc->n_channels + 1) * sizeof *c);
     if (!c)
         return NULL;
@@ -114,8 +115,14 @@ static grpc_channel *channel_for(peer_client *pc, const char *target)
     c[pc->n_channels].target = t;
     c[pc->n_channels].channel = ch;
     c[pc->n_channels].fwd = NULL;
-    pc->n_channels++;
-    return ch;
+    return &c[pc->n_channels++];
+}
+
+/* The channel to `target`, created on first use. Called with mu held. */
+static grpc_channel *channel_for(peer_client *pc, const char *target)
+{
+    channel_entry *e = entry_for(pc, target);
+    return e ? e->channel : NULL;
 }
 
 static void unlink_call(peer_client *pc, pcall *c)
@@ -411,12 +418,9 @@ static unsigned remaining_ms(gpr_timespec deadline, gpr_timespec now)
 /* The queue for target, created with its channel. Called with mu held. */
 static fwd_queue *fwd_queue_for(peer_client *pc, const char *target)
 {
-    if (!channel_for(pc, target))
+    channel_entry *e = entry_for(pc, target);
+    if (!e)
         return NULL;
-    channel_entry *e = NULL;
-    for (size_t i = 0; i < pc->n_channels && !e; i++)
-        if (strcmp(pc->channels[i].target, target) == 0)
-            e = &pc->channels[i];
     if (!e->fwd) {
         fwd_queue *q = calloc(1, sizeof *q);
         if (!q || !(q->target = strdup(target))) {

@@ -296,6 +296,15 @@ void *rpc_call_data(rpc_call *c)
     return c->data;
 }
 
+/* The admit hook, then (if it let the call through) the method's handler. */
+static void run_handler(rpc_call *c, const uint8_t *req, size_t len)
+{
+    rpc_server *s = c->server;
+    if (s->admit && s->admit(c, c->method->m.path, req, len, s->admit_arg) != 0)
+        return;
+    c->method->m.handler(c, req, len, c->method->m.arg);
+}
+
 static void on_requested(tag *t, int ok)
 {
     rpc_call *c = (rpc_call *)((char *)t - offsetof(rpc_call, requested));
@@ -320,11 +329,7 @@ static void on_requested(tag *t, int ok)
     grpc_byte_buffer_reader_destroy(&reader);
     grpc_byte_buffer_destroy(c->payload);
     c->payload = NULL;
-    if (c->server->admit &&
-        c->server->admit(c, c->method->m.path, GRPC_SLICE_START_PTR(c->req), GRPC_SLICE_LENGTH(c->req),
-                         c->server->admit_arg) != 0)
-        return;
-    c->method->m.handler(c, GRPC_SLICE_START_PTR(c->req), GRPC_SLICE_LENGTH(c->req), c->method->m.arg);
+    run_handler(c, GRPC_SLICE_START_PTR(c->req), GRPC_SLICE_LENGTH(c->req));
 }
 
 int rpc_call_dispatch(rpc_call *parent, const char *path, size_t path_len, const uint8_t *req,
@@ -351,9 +356,7 @@ int rpc_call_dispatch(rpc_call *parent, const char *path, size_t path_len, const
     c->sub_arg = arg;
     c->arrived = gpr_now(GPR_CLOCK_MONOTONIC);
     grpc_metadata_array_init(&c->md);
-    if (s->admit && s->admit(c, m->m.path, req, len, s->admit_arg) != 0)
-        return 0;
-    m->m.handler(c, req, len, m->m.arg);
+    run_handler(c, req, len);
     return 0;
 }
 
