@@ -148,6 +148,46 @@ static bool old_layout(mvcc *m)
     return found;
 }
 
+/* "index" keys end in a fixed-size revision; what comes before it (the
+ * escaped user key and its terminator) is the prefix. A lookup of one key's
+ * live record is a seek within its prefix, and the prefix blooms (memtable
+ * and SST) answer it for a key that was never written without walking the
+ * memtable or reading a block. Every other "index" iterator must set
+ * total_order_seek (view_ro and ro_plain do). The name is stored in the
+ * SST files: changing the transform needs a new name. */
+static char *index_prefix(void *state, const char *key, size_t n, size_t *out)
+{
+    (void)state;
+    *out = n - REVKEY_LEN;
+    return (char *)key;
+}
+
+static unsigned char index_prefix_domain(void *state, const char *key, size_t n)
+{
+    (void)state;
+    (void)key;
+    return n >= 2 + REVKEY_LEN;
+}
+
+static unsigned char index_prefix_range(void *state, const char *key, size_t n)
+{
+    (void)state;
+    (void)key;
+    (void)n;
+    return 0;
+}
+
+static void index_prefix_free(void *state)
+{
+    (void)state;
+}
+
+static const char *index_prefix_name(void *state)
+{
+    (void)state;
+    return "ballast.index-key.v1";
+}
+
 static void tune_cf(mvcc *m, int i)
 {
     rocksdb_options_t *o = rocksdb_options_create();
@@ -158,6 +198,14 @@ static void tune_cf(mvcc *m, int i)
     rocksdb_block_based_options_set_pin_l0_filter_and_index_blocks_in_cache(t, 1);
     if (i == CF_REV) /* point lookups */
         rocksdb_block_based_options_set_filter_policy(t, rocksdb_filterpolicy_create_bloom_full(10));
+    if (i == CF_INDEX) { /* one key's records, by prefix */
+        rocksdb_options_set_prefix_extractor(
+            o, rocksdb_slicetransform_create(NULL, index_prefix_free, index_prefix, index_prefix_domain,
+                                             index_prefix_range, index_prefix_name));
+        rocksdb_options_set_memtable_prefix_bloom_size_ratio(o, 0.02);
+        rocksdb_block_based_options_set_filter_policy(t, rocksdb_filterpolicy_create_bloom_full(10));
+        rocksdb_block_based_options_set_whole_key_filtering(t, 0);
+    }
     rocksdb_options_set_block_based_table_factory(o, t);
     rocksdb_options_set_compression(o, rocksdb_lz4_compression);
     rocksdb_options_set_level_compaction_dynamic_level_bytes(o, 1);
@@ -206,6 +254,7 @@ int mvcc_open(const char *dir, mvcc **out, char **errmsg)
     m->wo = rocksdb_writeoptions_create();
     rocksdb_writeoptions_set_sync(m->wo, 0);
     m->ro_plain = rocksdb_readoptions_create();
+    rocksdb_readoptions_set_total_order_seek(m->ro_plain, 1);
     m->wb = rocksdb_writebatch_wi_create(1 << 16, 1);
     if (cache_init(&m->cur) != 0)
         cache_free(&m->cur); /* no cache: every read goes to the store */

@@ -29,6 +29,7 @@ mvcc_history *mvcc_history_open(mvcc *m)
     }
     h->ro = rocksdb_readoptions_create();
     rocksdb_readoptions_set_snapshot(h->ro, h->v.snap);
+    rocksdb_readoptions_set_total_order_seek(h->ro, 1);
     return h;
 }
 

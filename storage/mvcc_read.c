@@ -127,6 +127,8 @@ static int bytes_compare(const uint8_t *a, size_t an, const uint8_t *b, size_t b
 rocksdb_readoptions_t *view_ro(mvcc_view *v)
 {
     rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
+    if (ro)
+        rocksdb_readoptions_set_total_order_seek(ro, 1); /* see index_prefix */
     if (ro && v->snap)
         rocksdb_readoptions_set_snapshot(ro, v->snap);
     return ro;
@@ -180,9 +182,19 @@ static int view_current(mvcc_view *v, const uint8_t *key, size_t n, char **val, 
     mvcc_buf start = {0}, after = {0};
     rocksdb_iterator_t *it = NULL;
     int rc = -1;
-    rocksdb_readoptions_t *ro = view_ro(v);
+    /* a seek within the key's prefix (index_prefix), to a full-length key
+     * before its newest record: the prefix blooms can answer "never
+     * written" */
+    static const uint8_t before_newest[REVKEY_LEN] = {0};
+    rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
     if (!ro || idxkey_key_start(&start, key, n) || idxkey_key_after(&after, key, n))
         goto out;
+    size_t plen = start.len;
+    if (buf_put(&start, before_newest, REVKEY_LEN))
+        goto out;
+    rocksdb_readoptions_set_prefix_same_as_start(ro, 1);
+    if (v->snap)
+        rocksdb_readoptions_set_snapshot(ro, v->snap);
     if (!through_batch)
         rocksdb_readoptions_set_iterate_upper_bound(ro, (const char *)after.data, after.len);
     it = rocksdb_create_iterator_cf(v->m->db, ro, v->m->cf[CF_INDEX]);
@@ -199,7 +211,7 @@ static int view_current(mvcc_view *v, const uint8_t *key, size_t n, char **val, 
     const char *k = rocksdb_iter_key(it, &kl);
     const char *x = rocksdb_iter_value(it, &vl);
     rc = 0;
-    if (kl == start.len + REVKEY_LEN && memcmp(k, start.data, start.len) == 0) {
+    if (kl == plen + REVKEY_LEN && memcmp(k, start.data, plen) == 0) {
         if (vl < 1) {
             rc = -1;
         } else if (x[0] == REC_PUT) {
