@@ -181,7 +181,6 @@ static int write_put(apply_ctx *c, const kvv *kv, int64_t sub)
         return -1;
     uint8_t rk[REVKEY_LEN];
     revkey_make(rk, kv->mod_rev, sub);
-    if (!getenv("BX_NOREV"))
     rocksdb_writebatch_wi_put_cf(m->wb, m->cf[CF_REV], (const char *)rk, REVKEY_LEN,
                                  (const char *)val->data, val->len);
     if (cache_note(&m->cur, kv->key, kv->key_len, val->data + 1, val->len - 1))
@@ -189,7 +188,6 @@ static int write_put(apply_ctx *c, const kvv *kv, int64_t sub)
     if (idxkey_make(key, kv->key, kv->key_len, kv->mod_rev, sub))
         return -1;
     /* the key's newest "index" entry is its live record */
-    if (!getenv("BX_NOIDX"))
     rocksdb_writebatch_wi_put_cf(m->wb, m->cf[CF_INDEX], (const char *)key->data, key->len,
                                  (const char *)val->data, val->len);
     return 0;

@@ -826,17 +826,23 @@ static void *hub_main(void *arg)
     return NULL;
 }
 
-static void enqueue(watch_hub *h, item *it)
+/* Appends `it` to the queue; the caller holds mu. */
+static void append_locked(watch_hub *h, item *it)
 {
     it->next = NULL;
-    pthread_mutex_lock(&h->mu);
-    if (it->kind == IT_CREATE)
-        h->creates_queued++;
     if (h->qtail)
         h->qtail->next = it;
     else
         h->qhead = it;
     h->qtail = it;
+}
+
+static void enqueue(watch_hub *h, item *it)
+{
+    pthread_mutex_lock(&h->mu);
+    if (it->kind == IT_CREATE)
+        h->creates_queued++;
+    append_locked(h, it);
     pthread_cond_signal(&h->cv);
     pthread_mutex_unlock(&h->mu);
 }
@@ -880,12 +886,7 @@ static void drop_queued(watch_hub *h, item *marker, int64_t first, int64_t last)
         if (!marker->next)
             h->qtail = marker;
     } else {
-        marker->next = NULL;
-        if (h->qtail)
-            h->qtail->next = marker;
-        else
-            h->qhead = marker;
-        h->qtail = marker;
+        append_locked(h, marker);
     }
     h->q_bytes = 0;
     h->q_events = 0;
@@ -935,11 +936,7 @@ static void on_skipped(void *arg, int64_t first, int64_t last)
     it->kind = IT_DROPPED;
     it->first_rev = first;
     it->last_rev = last;
-    if (h->qtail)
-        h->qtail->next = it;
-    else
-        h->qhead = it;
-    h->qtail = it;
+    append_locked(h, it);
     pthread_mutex_unlock(&h->mu);
 }
 
@@ -1002,12 +999,7 @@ static void on_events(void *arg, const mvcc_event *evs, size_t n)
     if (over) {
         drop_queued(h, it, first, last);
     } else {
-        it->next = NULL;
-        if (h->qtail)
-            h->qtail->next = it;
-        else
-            h->qhead = it;
-        h->qtail = it;
+        append_locked(h, it);
         h->q_bytes += bytes;
         h->q_events += n;
     }
