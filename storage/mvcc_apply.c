@@ -829,7 +829,7 @@ int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h, Ballastpb__Op *con
         lease_changes_deliver(m);
     if (m->ev_collect && fn)
         events_deliver(m, fn, fn_arg);
-    else if (ev_skip && fn && m->event_skip && m->rev > rev_before)
+    else if (ev_skip && fn && m->rev > rev_before)
         m->event_skip(fn_arg, rev_before + 1, m->rev);
     if (m->ev_arena.cap > (4u << 20)) {
         free(m->ev_arena.data);

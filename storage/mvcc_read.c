@@ -186,15 +186,14 @@ static int view_current(mvcc_view *v, const uint8_t *key, size_t n, char **val, 
      * before its newest record: the prefix blooms can answer "never
      * written" */
     static const uint8_t before_newest[REVKEY_LEN] = {0};
-    rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
+    rocksdb_readoptions_t *ro = view_ro(v);
     if (!ro || idxkey_key_start(&start, key, n) || idxkey_key_after(&after, key, n))
         goto out;
     size_t plen = start.len;
     if (buf_put(&start, before_newest, REVKEY_LEN))
         goto out;
+    rocksdb_readoptions_set_total_order_seek(ro, 0);
     rocksdb_readoptions_set_prefix_same_as_start(ro, 1);
-    if (v->snap)
-        rocksdb_readoptions_set_snapshot(ro, v->snap);
     if (!through_batch)
         rocksdb_readoptions_set_iterate_upper_bound(ro, (const char *)after.data, after.len);
     it = rocksdb_create_iterator_cf(v->m->db, ro, v->m->cf[CF_INDEX]);

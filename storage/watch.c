@@ -905,6 +905,24 @@ static bool want_events(void *arg)
     return want;
 }
 
+/* A zeroed item for a drop marker. When malloc fails, the hub's spare
+ * (refilled by the hub thread) stands in; without it, watchers could miss
+ * revisions without a trace, so the process stops. Call without mu. */
+static item *marker_alloc(watch_hub *h)
+{
+    item *it = calloc(1, sizeof(*it));
+    if (it)
+        return it;
+    pthread_mutex_lock(&h->mu);
+    it = h->spare;
+    h->spare = NULL;
+    pthread_mutex_unlock(&h->mu);
+    if (!it)
+        abort();
+    memset(it, 0, sizeof(*it));
+    return it;
+}
+
 /* An entry's events were not collected: revisions [first, last] are marked
  * as a drop, so any watcher that turns out to need them (made between the
  * question and this call) reads them from storage, and `dispatched` moves
@@ -924,15 +942,8 @@ static void on_skipped(void *arg, int64_t first, int64_t last)
         return;
     }
     pthread_mutex_unlock(&h->mu);
-    item *it = calloc(1, sizeof(*it));
+    item *it = marker_alloc(h);
     pthread_mutex_lock(&h->mu);
-    if (!it) {
-        it = h->spare;
-        h->spare = NULL;
-        if (!it)
-            abort(); /* a watcher could miss the revisions without a trace */
-        memset(it, 0, sizeof(*it));
-    }
     it->kind = IT_DROPPED;
     it->first_rev = first;
     it->last_rev = last;
@@ -955,20 +966,13 @@ static void on_events(void *arg, const mvcc_event *evs, size_t n)
     bool over = h->q_bytes + bytes > h->queue_limit;
     pthread_mutex_unlock(&h->mu);
 
-    item *it = malloc(over ? sizeof(item) : bytes);
-    if (!it) {
+    item *it = over ? NULL : malloc(bytes);
+    if (it) {
+        memset(it, 0, sizeof(*it));
+    } else {
         over = true;
-        it = malloc(sizeof(item));
-        if (!it) {
-            pthread_mutex_lock(&h->mu);
-            it = h->spare;
-            h->spare = NULL;
-            pthread_mutex_unlock(&h->mu);
-            if (!it)
-                abort(); /* events would be lost without a trace */
-        }
+        it = marker_alloc(h);
     }
-    memset(it, 0, sizeof(*it));
     if (!over) {
         it->kind = IT_EVENTS;
         it->bytes = bytes;
@@ -1014,9 +1018,7 @@ void watch_hub_store_replaced(watch_hub *h, int64_t from, int64_t to)
 {
     if (to < from)
         return;
-    item *it = calloc(1, sizeof(*it));
-    if (!it)
-        abort(); /* synced watchers would miss the revisions without a trace */
+    item *it = marker_alloc(h);
     it->kind = IT_DROPPED;
     it->first_rev = from;
     it->last_rev = to;
