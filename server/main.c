@@ -318,6 +318,7 @@ int main(int argc, char **argv, char **envp)
     if (!rpc)
         die("cannot serve clients", err);
     rpc_server_start(rpc);
+    peer_client_attach(b.peers, rpc); /* peer calls complete on its queue threads */
 
     metrics_http *metrics = NULL;
     if (cfg.listen_metrics_urls.n) {

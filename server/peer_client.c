@@ -52,8 +52,10 @@ typedef struct channel_entry {
     fwd_queue *fwd; /* created on first use */
 } channel_entry;
 
-/* One asynchronous unary call. */
+/* One asynchronous unary call; its tag is `t`. */
 typedef struct pcall {
+    rpc_tag t; /* first: the tag */
+    peer_client *pc;
     struct pcall *prev, *next; /* in flight, guarded by pc->mu */
     grpc_call *call;
     grpc_metadata_array md_initial, md_trailing;
@@ -72,6 +74,8 @@ struct peer_client {
     pcall *in_flight;
     int stopping;
     int thread_started; /* on the first call, under mu */
+    rpc_server *rpc;    /* peer_client_attach: calls complete on its queues */
+    int cq_shut;        /* the own queue is shut down (attach or free) */
     channel_entry *channels;
     size_t n_channels;
     uint64_t fwd_batches, fwd_items; /* atomic */
@@ -183,6 +187,13 @@ static void complete(peer_client *pc, pcall *c)
     pcall_free(c);
 }
 
+static void pcall_done(rpc_tag *t, int ok)
+{
+    (void)ok; /* RECV_STATUS_ON_CLIENT: the status says what happened */
+    pcall *c = (pcall *)t;
+    complete(c->pc, c);
+}
+
 static void *client_main(void *arg)
 {
     pthread_setname_np(pthread_self(), "peer-client");
@@ -196,20 +207,20 @@ static void *client_main(void *arg)
             return NULL;
         if (ev.type == GRPC_OP_COMPLETE) {
             TSAN_ACQUIRE(ev.tag);
-            complete(pc, ev.tag);
+            ((rpc_tag *)ev.tag)->fn(ev.tag, ev.success);
         }
     }
 }
 
-/* The queue's thread starts with the first call. Any thread waiting in
+/* The own queue's thread starts with the first call made before
+ * peer_client_attach (most members make none). Any thread waiting in
  * grpc_completion_queue_next on a polling queue takes turns at polling
- * gRPC's one epoll set, also for the server's connections: a member that
- * never calls a peer (the only member, mostly the leader) would pay for a
- * third poller with a wake-up to hand each read it makes over to a server
- * queue's thread (put at 256 clients, one member, 3 interleaved pairs:
+ * gRPC's one epoll set, also for the server's connections: a third poller
+ * takes reads the server's queue threads would make and hands each over
+ * with a wake-up (put at 256 clients, one member, 3 interleaved pairs:
  * 0.50-0.53 -> 0.32-0.36 voluntary context switches and 52.6-58.5 ->
- * 44.4-55.2 us of server CPU per Put). Called with mu held; 0 when
- * running. */
+ * 44.4-55.2 us of server CPU per Put, when it stopped starting there).
+ * Called with mu held; 0 when running. */
 static int start_thread_locked(peer_client *pc)
 {
     if (pc->thread_started)
@@ -235,6 +246,17 @@ peer_client *peer_client_new(void)
     return pc;
 }
 
+void peer_client_attach(peer_client *pc, rpc_server *s)
+{
+    pthread_mutex_lock(&pc->mu);
+    pc->rpc = s;
+    /* no call starts on the own queue any more: its thread, if any, ends
+     * once the calls made before have completed */
+    grpc_completion_queue_shutdown(pc->cq);
+    pc->cq_shut = 1;
+    pthread_mutex_unlock(&pc->mu);
+}
+
 void peer_client_shutdown(peer_client *pc)
 {
     pthread_mutex_lock(&pc->mu);
@@ -251,7 +273,8 @@ void peer_client_free(peer_client *pc)
     if (!pc)
         return;
     peer_client_shutdown(pc);
-    grpc_completion_queue_shutdown(pc->cq);
+    if (!pc->cq_shut)
+        grpc_completion_queue_shutdown(pc->cq);
     if (pc->thread_started)
         pthread_join(pc->thread, NULL);
     else /* never used: only the shutdown event is queued */
@@ -287,10 +310,20 @@ void peer_client_call(peer_client *pc, const char *target, const char *method, c
     c->send = grpc_raw_byte_buffer_create(&s, 1);
     grpc_slice_unref(s);
 
+    c->t.fn = pcall_done;
+    c->pc = pc;
+
     pthread_mutex_lock(&pc->mu);
-    grpc_channel *ch = pc->stopping || start_thread_locked(pc) ? NULL : channel_for(pc, target);
+    grpc_completion_queue *cq = NULL;
+    if (pc->stopping)
+        cq = NULL;
+    else if (pc->rpc)
+        cq = rpc_server_client_queue(pc->rpc);
+    else if (start_thread_locked(pc) == 0)
+        cq = pc->cq; /* before attach: the own thread's */
+    grpc_channel *ch = cq ? channel_for(pc, target) : NULL;
     if (ch) {
-        c->call = grpc_channel_create_call(ch, NULL, GRPC_PROPAGATE_DEFAULTS, pc->cq,
+        c->call = grpc_channel_create_call(ch, NULL, GRPC_PROPAGATE_DEFAULTS, cq,
                                            grpc_slice_from_static_string(method), NULL,
                                            deadline_in(timeout_ms), NULL);
     }
@@ -320,8 +353,8 @@ void peer_client_call(peer_client *pc, const char *target, const char *method, c
     ops[5].data.recv_status_on_client.trailing_metadata = &c->md_trailing;
     ops[5].data.recv_status_on_client.status = &c->status;
     ops[5].data.recv_status_on_client.status_details = &c->details;
-    TSAN_RELEASE(c); /* completed on client_main's thread */
-    grpc_call_error err = grpc_call_start_batch(c->call, ops, 6, c, NULL);
+    TSAN_RELEASE(c); /* completed on a queue thread */
+    grpc_call_error err = grpc_call_start_batch(c->call, ops, 6, &c->t, NULL);
     if (err != GRPC_CALL_OK) {
         c->status = GRPC_STATUS_INTERNAL;
         unlink_call(pc, c);

@@ -18,9 +18,7 @@
 #define STREAM_BACKLOG 4
 
 /* Every completion-queue tag starts with this: the queue thread calls fn. */
-typedef struct tag {
-    void (*fn)(struct tag *t, int ok);
-} tag;
+typedef rpc_tag tag;
 
 /* Every batch starts here: its tag comes back on a queue thread (queue_main). */
 static grpc_call_error start_batch(grpc_call *call, const grpc_op *ops, size_t n, tag *t)
@@ -58,6 +56,7 @@ struct rpc_server {
     grpc_server *server;
     rpc_queue *queues;
     unsigned n_queues;
+    unsigned next_client_queue; /* atomic: rpc_server_client_queue */
     registered *methods;
     size_t n_methods;
     registered_stream *streams;
@@ -835,6 +834,12 @@ void rpc_server_start(rpc_server *s)
             post_generic(s, q);
         pthread_create(&q->thread, NULL, queue_main, q);
     }
+}
+
+grpc_completion_queue *rpc_server_client_queue(rpc_server *s)
+{
+    unsigned i = __atomic_fetch_add(&s->next_client_queue, 1, __ATOMIC_RELAXED);
+    return s->queues[i % s->n_queues].cq;
 }
 
 void rpc_server_begin_shutdown(rpc_server *s)

@@ -115,6 +115,19 @@ int rpc_call_has_metadata(rpc_call *call, const char *key, const char *value);
 uint64_t rpc_call_age_ms(rpc_call *call);
 void *rpc_call_data(rpc_call *call);
 
+/* ---- the queues for the process's own calls ----
+ *
+ * Every tag on a queue of the server starts with an rpc_tag: the queue's
+ * thread calls fn(tag, ok). Calls this process makes to other members may
+ * complete on these queues too (rpc_server_client_queue picks one, round
+ * robin): their completions then run on the server's queue threads, which
+ * poll gRPC's sockets anyway, with no thread of their own to wake. The
+ * queues last until rpc_server_finish_shutdown. */
+typedef struct rpc_tag {
+    void (*fn)(struct rpc_tag *t, int ok);
+} rpc_tag;
+grpc_completion_queue *rpc_server_client_queue(rpc_server *s);
+
 /* ---- calls inside a call ----
  *
  * A call may carry other requests (a follower's batch of forwarded
