@@ -106,6 +106,7 @@ struct raft_node {
     uv_loop_t loop;
     uv_async_t wake;
     uv_check_t check;
+    uv_prepare_t prepare; /* answers_flush before the loop polls */
     uv_timer_t tick;
     uv_poll_t batch_poll;
     int batch_timerfd;
@@ -609,6 +610,12 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 
 /* ---- proposals ---- */
 
+static void flush_answers(raft_node *n)
+{
+    if (n->cfg.answers_flush)
+        n->cfg.answers_flush(n->cfg.cb_arg);
+}
+
 static void apply_cb(struct raft_apply *req, int status, void *result)
 {
     proposal *p = req->data;
@@ -619,6 +626,7 @@ static void apply_cb(struct raft_apply *req, int status, void *result)
         apply_results *r = result;
         for (size_t i = 0; i < p->n_ops; i++)
             n->cfg.op_done(p->ctxs[i], &r->results[i], n->out.data, n->cfg.cb_arg);
+        flush_answers(n);
     } else if (status == RAFT_LEADERSHIPLOST && !n->closing) {
         /* The entry stays in this member's log and the next leader may
          * still commit it (this member itself, when it is the only voter
@@ -1083,6 +1091,7 @@ static void close_cb(struct raft *r)
     peer_transport_release(&n->transport);
     uv_close((uv_handle_t *)&n->wake, NULL);
     uv_close((uv_handle_t *)&n->check, NULL);
+    uv_close((uv_handle_t *)&n->prepare, NULL);
     uv_close((uv_handle_t *)&n->tick, NULL);
     uv_close((uv_handle_t *)&n->batch_poll, NULL);
 }
@@ -1114,6 +1123,7 @@ static void on_wake(uv_async_t *h)
         n->transfer_ctx = NULL;
         uv_timer_stop(&n->tick);
         uv_check_stop(&n->check);
+        uv_prepare_stop(&n->prepare);
         uv_poll_stop(&n->batch_poll);
         raft_close(&n->raft, close_cb);
         return;
@@ -1131,6 +1141,14 @@ static void on_check(uv_check_t *h)
     pump_reads(n);
     propagate_commit(n);
     publish_status(n);
+    flush_answers(n);
+}
+
+/* Runs before the loop polls (and may wait): whatever timers and pending
+ * callbacks answered goes out first. */
+static void on_prepare(uv_prepare_t *h)
+{
+    flush_answers(h->data);
 }
 
 static void on_batch_timer(uv_poll_t *h, int status, int events)
@@ -1276,6 +1294,7 @@ static void *loop_main(void *arg)
     if (n->cfg.loop_started)
         n->cfg.loop_started(n->cfg.cb_arg);
     uv_run(&n->loop, UV_RUN_DEFAULT);
+    flush_answers(n); /* what the stop failed */
     return NULL;
 }
 
@@ -1416,6 +1435,9 @@ int raft_node_start(const raft_node_config *cfg, raft_node **out, char **errmsg)
     uv_check_init(&n->loop, &n->check);
     n->check.data = n;
     uv_check_start(&n->check, on_check);
+    uv_prepare_init(&n->loop, &n->prepare);
+    n->prepare.data = n;
+    uv_prepare_start(&n->prepare, on_prepare);
     uv_timer_init(&n->loop, &n->tick);
     n->tick.data = n;
     uv_timer_start(&n->tick, on_tick, TICK_MS, TICK_MS);

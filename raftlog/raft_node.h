@@ -89,6 +89,10 @@ typedef struct raft_node_config {
     raft_node_applied_fn applied;         /* may be NULL */
     raft_node_transfer_fn transfer_done;  /* may be NULL */
     void (*loop_started)(void *arg);      /* may be NULL: first thing on the raft thread */
+    /* may be NULL: on the raft thread after the ops of an entry have been
+     * answered, and before its loop waits (or ends): what the answers held
+     * back can go out */
+    void (*answers_flush)(void *arg);
     void *cb_arg;
 } raft_node_config;
 

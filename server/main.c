@@ -93,6 +93,13 @@ static void raft_thread_started(void *arg)
 {
     (void)arg;
     rpc_defer_replies_here();
+    rpc_hold_replies_here(); /* one wake-up per queue thread per entry */
+}
+
+static void raft_answers_flush(void *arg)
+{
+    (void)arg;
+    rpc_flush_replies();
 }
 
 /* grpc_shutdown() joins gRPC's executor threads. Under heavy CPU load one
@@ -271,6 +278,7 @@ int main(int argc, char **argv, char **envp)
         .applied = cluster_applied,
         .transfer_done = cluster_transfer_done,
         .loop_started = raft_thread_started,
+        .answers_flush = raft_answers_flush,
         .cb_arg = &b,
     };
     if (raft_node_start(&rc, &b.node, &err) != 0)

@@ -172,9 +172,25 @@ static void send_reply(rpc_call *c, grpc_status_code code, const char *message)
 
 static __thread int defer_replies;
 
+/* rpc_hold_replies_here: the kicks owed, one per queue, each with the call
+ * whose empty batch will carry it (queued, so alive until on_kick). */
+#define MAX_HELD_KICKS 16
+typedef struct held_kick {
+    rpc_queue *q;
+    rpc_call *c;
+} held_kick;
+static __thread int hold_kicks;
+static __thread held_kick held[MAX_HELD_KICKS];
+static __thread unsigned n_held;
+
 void rpc_defer_replies_here(void)
 {
     defer_replies = 1;
+}
+
+void rpc_hold_replies_here(void)
+{
+    hold_kicks = 1;
 }
 
 /* On a queue thread: sends the replies handed over since the last kick. */
@@ -196,6 +212,24 @@ static void on_kick(tag *t, int ok)
         free(msg);
         list = next;
     }
+}
+
+/* The empty batch that wakes q's thread for its reply list (c is in it). */
+static void kick(rpc_queue *q, rpc_call *c)
+{
+    /* c stays queued (alive) until on_kick runs, which needs this kick: an
+     * empty batch completes at once on the call's queue (gRPC's rule for a
+     * batch of no ops), which wakes the queue's thread. */
+    if (start_batch(c->call, NULL, 0, &q->kick) != GRPC_CALL_OK)
+        on_kick(&q->kick, 0); /* then they are sent from here */
+}
+
+void rpc_flush_replies(void)
+{
+    unsigned n = n_held;
+    n_held = 0;
+    for (unsigned i = 0; i < n; i++)
+        kick(held[i].q, held[i].c);
 }
 
 /* Hands c's reply to the thread of c's completion queue; 0 if it must be
@@ -222,14 +256,13 @@ static int reply_on_queue(rpc_call *c, grpc_status_code code, const char *messag
     else
         q->reply_head = c;
     q->reply_tail = c;
-    int kick = !q->kick_pending;
+    int owed = !q->kick_pending;
     q->kick_pending = 1;
     pthread_mutex_unlock(&q->mu);
-    /* c stays queued (alive) until on_kick runs, which needs this kick: an
-     * empty batch completes at once on the call's queue (gRPC's rule for a
-     * batch of no ops), which wakes the queue's thread. */
-    if (kick && start_batch(c->call, NULL, 0, &q->kick) != GRPC_CALL_OK)
-        on_kick(&q->kick, 0); /* then they are sent from here */
+    if (owed && hold_kicks && n_held < MAX_HELD_KICKS)
+        held[n_held++] = (held_kick){q, c};
+    else if (owed)
+        kick(q, c);
     return 1;
 }
 

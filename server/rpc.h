@@ -105,6 +105,14 @@ void rpc_fail(rpc_call *call, grpc_status_code code, const char *message);
  * write path here (for the raft thread, whose time bounds the write
  * throughput). */
 void rpc_defer_replies_here(void);
+/* For a deferring thread that answers in runs (the raft thread: the ops of
+ * an entry): a queue's thread is woken only by rpc_flush_replies, once per
+ * run, instead of at the first reply it gets and again whenever it has
+ * emptied its list meanwhile (each wake-up could preempt the answering
+ * thread on a busy machine). The thread must call rpc_flush_replies before
+ * it waits for anything. */
+void rpc_hold_replies_here(void);
+void rpc_flush_replies(void);
 
 /* Per-call scratch for the handler: a pointer it may set and read back in
  * later callbacks (e.g. a decoded request). The handler frees what it puts. */
