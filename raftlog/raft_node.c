@@ -1,6 +1,7 @@
 #include "raft_node.h"
 #include "peer_transport.h"
 #include "segment_check.h"
+#include "segment_prefill.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -107,6 +108,7 @@ struct raft_node {
     uv_async_t wake;
     uv_check_t check;
     uv_prepare_t prepare; /* answers_flush before the loop polls */
+    int prefill_registered; /* segment_prefill */
     uv_timer_t tick;
     uv_poll_t batch_poll;
     int batch_timerfd;
@@ -1369,6 +1371,8 @@ int raft_node_start(const raft_node_config *cfg, raft_node **out, char **errmsg)
         free(cut);
         return -1;
     }
+    if (segment_prefill_register(n->dir) == 0) /* else c-raft's slower path */
+        n->prefill_registered = 1;
     rv = raft_uv_init(&n->io, &n->loop, n->dir, peer_transport_raft(&n->transport));
     if (rv != 0)
         return fail_start(errmsg, "raft log in %s: %s", n->dir, raft_strerror(rv));
@@ -1499,6 +1503,8 @@ void raft_node_stop(raft_node *n)
     free(n->read_applied.items);
     free(n->progress);
     pthread_mutex_destroy(&n->mu);
+    if (n->prefill_registered)
+        segment_prefill_unregister(n->dir);
     free(n->dir);
     free(n->address);
     free(n);
