@@ -1,6 +1,7 @@
 #include "raft_node.h"
 #include "peer_transport.h"
 #include "segment_check.h"
+#include "aio_reaper.h"
 #include "segment_prefill.h"
 
 #include <errno.h>
@@ -1232,12 +1233,12 @@ static void help_lagging_peers(raft_node *n, uint64_t now)
 }
 
 /* c-raft keeps every entry since the last snapshot in memory, and each
- * snapshot stalls the raft thread for 25-50 ms (raft_uv closes its open
- * segment's kernel AIO context with io_destroy, which waits for an RCU grace
- * period: measured with strace). So the threshold is as many entries as fit
- * in SNAPSHOT_LOG_BUDGET at their mean size, between SNAPSHOT_THRESHOLD_MIN
- * and --snapshot-count (at most SNAPSHOT_THRESHOLD_MAX): small entries at a
- * low rate take a snapshot every few seconds instead of every 0.5 s. */
+ * snapshot closes the open segment (a segment written, synced and renamed
+ * on the thread pool, a new one started). So the threshold is as many
+ * entries as fit in SNAPSHOT_LOG_BUDGET at their mean size, between
+ * SNAPSHOT_THRESHOLD_MIN and --snapshot-count (at most
+ * SNAPSHOT_THRESHOLD_MAX): small entries at a low rate take a snapshot every
+ * few seconds instead of every 0.5 s. */
 static void adapt_snapshot_threshold(raft_node *n)
 {
     if (!n->entry_bytes_avg)
@@ -1373,6 +1374,7 @@ int raft_node_start(const raft_node_config *cfg, raft_node **out, char **errmsg)
     }
     if (segment_prefill_register(n->dir) == 0) /* else c-raft's slower path */
         n->prefill_registered = 1;
+    aio_reaper_enable(); /* raft_uv's io_destroy off this loop's thread */
     rv = raft_uv_init(&n->io, &n->loop, n->dir, peer_transport_raft(&n->transport));
     if (rv != 0)
         return fail_start(errmsg, "raft log in %s: %s", n->dir, raft_strerror(rv));
