@@ -239,6 +239,9 @@ int mvcc_open(const char *dir, mvcc **out, char **errmsg)
     rocksdb_options_set_create_missing_column_families(m->db_opts, 1);
     rocksdb_options_set_max_background_jobs(m->db_opts, 4);
     rocksdb_options_set_bytes_per_sync(m->db_opts, 1 << 20);
+    /* the WAL goes to the disk a MiB at a time, not in one burst at the
+     * next sync (a raft snapshot), where raft's log writes queue behind it */
+    rocksdb_options_set_wal_bytes_per_sync(m->db_opts, 1 << 20);
     rocksdb_options_set_max_open_files(m->db_opts, 1024);
     /* Bound memtable memory across all families, and keep the WAL from
      * growing when one family is written rarely (its memtable pins logs). */
