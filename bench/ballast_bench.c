@@ -59,6 +59,7 @@ typedef struct {
     double rw_ratio;
     unsigned watchers, streams;
     double put_rate;
+    double slow_ms; /* --slow-ms: log each request slower than this (0: off) */
     const char *label, *json_path, *endpoints_arg;
 } options;
 
@@ -85,6 +86,18 @@ static uint64_t now_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* --slow-ms: one line per slow request, `what` its kind, `took` and `done`
+ * (now_ns) in ns. */
+static void note_slow(const char *what, uint64_t took, uint64_t done)
+{
+    if (O.slow_ms <= 0 || took < (uint64_t)(O.slow_ms * 1e6))
+        return;
+    struct timespec wall;
+    clock_gettime(CLOCK_REALTIME, &wall);
+    fprintf(stderr, "slow %s %.1f ms, done at monotonic %.6f, wall %lld.%06ld\n", what, took / 1e6,
+            done / 1e9, (long long)wall.tv_sec, wall.tv_nsec / 1000);
 }
 
 static uint64_t rng_next(uint64_t *s)
@@ -402,6 +415,7 @@ static void unary_done(client *c, int success)
     if (success && c->status == GRPC_STATUS_OK) {
         w->ok++;
         lat_add(&w->lat, took);
+        note_slow(O.w == W_WATCH_GET ? "range" : WORKLOAD_NAMES[O.w], took, c->started + took);
         if (O.w == W_TXN_MIXED)
             *(c->is_read ? &w->reads : &w->writes) += 1;
     } else {
@@ -519,7 +533,9 @@ static void ka_event(client *c, int success)
     case T_KA_ROUND:
         if (success && c->recv) {
             w->ok++;
-            lat_add(&w->lat, now_ns() - c->started);
+            uint64_t done = now_ns();
+            lat_add(&w->lat, done - c->started);
+            note_slow("keep-alive", done - c->started, done);
             grpc_byte_buffer_destroy(c->recv);
             c->recv = NULL;
             ka_round(c);
@@ -664,6 +680,7 @@ static void ws_event(tag *t, int success)
                 uint64_t sent = atomic_load_explicit(&PUT_SENT_NS[seq], memory_order_relaxed);
                 if (sent && arrived > sent) {
                     lat_add(&w->lat, arrived - sent);
+                    note_slow("event", arrived - sent, arrived);
                     w->ok++;
                 }
             }
@@ -858,6 +875,9 @@ static void usage(FILE *f)
             "  --watchers N --streams S --put-rate R\n"
             "                         watch/watch-get: N watchers (one key each) over S\n"
             "                         streams; watch: puts at R/s over the watched keys\n"
+            "  --slow-ms MS           print each request (watch: event) slower than MS to\n"
+            "                         stderr with its completion time, monotonic and wall\n"
+            "                         clock, to set stalls against server-side traces\n"
             "  --label TEXT           copied into the JSON\n"
             "  --json FILE            append the run's JSON object to FILE (- = stdout)\n");
 }
@@ -930,6 +950,8 @@ static void parse_args(int argc, char **argv)
             O.duration = atof(v);
         else if (strcmp(a, "--put-rate") == 0)
             O.put_rate = atof(v);
+        else if (strcmp(a, "--slow-ms") == 0)
+            O.slow_ms = atof(v);
         else if (strcmp(a, "--rw-ratio") == 0)
             O.rw_ratio = atof(v);
         else if (strcmp(a, "--range-key") == 0)
@@ -952,7 +974,7 @@ static void parse_args(int argc, char **argv)
     }
     if (O.clients == 0 || O.conns == 0 || O.threads == 0 || O.key_size == 0 ||
         O.key_size > 63 || O.key_space == 0 || O.txn_ops == 0 || O.txn_ops > MAX_TXN_OPS ||
-        O.streams == 0 || O.watchers == 0 || O.put_rate <= 0 || O.rw_ratio < 0) {
+        O.streams == 0 || O.watchers == 0 || O.put_rate <= 0 || O.rw_ratio < 0 || O.slow_ms < 0) {
         fprintf(stderr, "ballast-bench: an option is out of range (clients, conns, threads, "
                         "key-space-size, streams, watchers >= 1; key-size 1..63; txn-ops 1..%d)\n",
                 MAX_TXN_OPS);
