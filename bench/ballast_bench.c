@@ -1250,6 +1250,8 @@ int main(int argc, char **argv)
     size_t at = 0;
     double sum = 0;
     for (unsigned t = 0; t < n_threads; t++) {
+        if (!workers[t].lat.n)
+            continue; /* a thread with no client (fewer clients than threads) has no vector */
         memcpy(all + at, workers[t].lat.v, workers[t].lat.n * sizeof *all);
         at += workers[t].lat.n;
     }
