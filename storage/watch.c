@@ -23,7 +23,10 @@
  * oldest revision any of them needs up to `dispatched`, sends each watcher
  * one response per chunk, and moves those that reached `dispatched` back
  * to synced. A stream over its backlog limit is sent no events at all; its
- * watchers wait, unsynced, until the backlog has drained.
+ * watchers wait, unsynced, until the backlog has drained. A step builds at
+ * most sync_stream_bytes of events for one stream's watchers (whole
+ * revisions; the rest wait for the next step, 10 ms later) and sends all
+ * of it, so a stream's backlog stays under the limit plus one step.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -39,8 +42,15 @@
 #define GRPC_OVERHEAD (512u << 10)
 #define DEFAULT_PROGRESS_MS (10u * 60 * 1000)
 #define SYNC_INTERVAL_MS 100
+/* The next sync step after one that stopped short of what its watchers
+ * need: soon, like etcd's 10 ms retry of its blocked ("victim") watchers. */
+#define SYNC_RETRY_MS 10
 #define SYNC_MAX_EVENTS 4096
 #define SYNC_MAX_BYTES (4u << 20)
+/* Event bytes one sync step builds for one stream's watchers (the default
+ * of sync_stream_bytes) and, times SYNC_STREAMS_HELD, for all of them. */
+#define DEFAULT_SYNC_STREAM_BYTES SYNC_MAX_BYTES
+#define SYNC_STREAMS_HELD 4
 
 #define ERR_RANGE_EMPTY "mvcc: watcher range is empty"
 #define ERR_DUP_ID "mvcc: duplicate watch ID provided on the WatchStream"
@@ -80,6 +90,7 @@ struct watch_stream {
     bool dead;                  /* send failed: nothing more is sent */
     struct item *close_item;    /* made at open, so that close cannot fail */
     uint64_t tick_ms, next_tick;
+    size_t scan_held;           /* event bytes built for its watchers by a sync step */
 };
 
 struct watch_hub {
@@ -87,6 +98,7 @@ struct watch_hub {
     uint64_t frag_limit;
     size_t queue_limit;
     uint64_t progress_ms;
+    size_t sync_stream_bytes;
 
     pthread_t thread;
     pthread_mutex_t mu;
@@ -110,6 +122,10 @@ struct watch_hub {
     uint64_t next_sync, next_tick_check;
     uint64_t events_total;
     mvcc_history *hist;         /* during a sync step */
+    size_t scan_held;           /* event bytes built by this sync step */
+    bool scan_stopped;          /* some watcher stopped short of the end */
+    bool sync_soon;             /* the next sync step in SYNC_RETRY_MS */
+    uint64_t sync_held_max;
     mvcc_buf prev;
     int64_t prev_rev;           /* prev holds the prev_kv of this event, if >= 0 */
     const mvcc_event *prev_ev;
@@ -612,12 +628,36 @@ static void dispatch_dropped(watch_hub *h, int64_t from, int64_t to)
 
 /* ---- the sync step: unsynced watchers from storage ---- */
 
+/* Whether w may take the events of a revision it has not started in this
+ * sync step: while its stream's events built so far are under
+ * sync_stream_bytes and the step's, under SYNC_STREAMS_HELD times that (a
+ * stream always gets one revision, so that it makes progress). Otherwise w
+ * stops before that revision and goes on from there in a later step:
+ * building every watcher's share of the history first would hold watchers
+ * x events bytes (10,000 watchers of a key on one stream, 100 revisions
+ * behind: 600 MB) before the backlog limit is even looked at. */
+static bool scan_take(watch_hub *h, watcher *w, int64_t rev)
+{
+    if (w->scan_rev == rev)
+        return true;
+    watch_stream *s = w->s;
+    if (s->scan_held && (s->scan_held >= h->sync_stream_bytes ||
+                         h->scan_held >= SYNC_STREAMS_HELD * h->sync_stream_bytes)) {
+        w->scan_stop = rev;
+        h->scan_stopped = true;
+        return false;
+    }
+    w->scan_rev = rev;
+    return true;
+}
+
 static void match_unsynced(void *arg, watcher *w)
 {
     match_ctx *m = arg;
     watch_hub *h = m->h;
     const mvcc_event *ev = m->ev;
-    if (!w->in_scan || ev->rev < w->next || filtered(w, ev))
+    if (!w->in_scan || w->scan_stop || ev->rev < w->next || filtered(w, ev) ||
+        !scan_take(h, w, ev->rev))
         return;
     const uint8_t *prev = NULL;
     size_t prev_len = 0;
@@ -633,7 +673,10 @@ static void match_unsynced(void *arg, watcher *w)
             prev_len = h->prev.len;
         }
     }
+    size_t before = w->pend.len;
     pend_add(w, ev, prev, prev_len);
+    w->s->scan_held += w->pend.len - before;
+    h->scan_held += w->pend.len - before;
 }
 
 static void history_event(void *arg, const mvcc_event *evs, size_t n)
@@ -666,6 +709,7 @@ static void sync_step(watch_hub *h)
         watcher *w = c.v[i];
         if (stream_blocked(h, w->s))
             continue;
+        w->s->scan_held = 0;
         if (w->next < compact) {
             /* etcd: the compaction response (header revision 0, canceled);
              * the id stays taken until the client cancels it. */
@@ -680,6 +724,8 @@ static void sync_step(watch_hub *h)
             continue;
         }
         w->in_scan = true;
+        w->scan_rev = 0;
+        w->scan_stop = 0;
         if (w->next < min)
             min = w->next;
         c.v[n++] = w;
@@ -687,10 +733,14 @@ static void sync_step(watch_hub *h)
     if (n) {
         h->hist = hist;
         h->prev_ev = NULL;
+        h->scan_held = 0;
+        h->scan_stopped = false;
         int64_t next = min;
         int rc = mvcc_history_events(hist, min, d, SYNC_MAX_EVENTS, SYNC_MAX_BYTES,
                                      history_event, h, &next);
         h->hist = NULL;
+        if (h->scan_held > h->sync_held_max)
+            h->sync_held_max = h->scan_held;
         for (size_t i = 0; i < n; i++) {
             watcher *w = c.v[i];
             w->in_scan = false;
@@ -698,20 +748,27 @@ static void sync_step(watch_hub *h)
                 pend_reset(w);
                 continue;
             }
+            /* What was built for a stream is sent, though it may go past
+             * the backlog limit: it is already in memory, bounded by
+             * sync_stream_bytes, and the stream was under the limit when
+             * the step began. */
             if (w->pend_n || w->pend_failed) {
-                if (stream_blocked(h, w->s) || send_events(h, w, d)) {
+                if (w->s->dead || send_events(h, w, d)) {
                     pend_reset(w); /* read again later */
                     continue;
                 }
                 pend_reset(w);
             }
-            if (w->next < next)
-                w->next = next;
+            /* it has been sent everything before its stop, or before next */
+            int64_t end = w->scan_stop ? w->scan_stop : next;
+            if (w->next < end)
+                w->next = end;
             if (w->next > d)
                 group_move(h, w, W_SYNCED);
         }
-        if (rc == 0 && next <= d)
-            h->sync_now = true;
+        if (rc == 0 && next <= d && !h->scan_stopped)
+            h->sync_now = true; /* the chunk's end: read on at once */
+        h->sync_soon = rc == 0 && h->scan_stopped;
     }
     mvcc_history_close(hist);
     free(c.v);
@@ -758,6 +815,7 @@ static void publish_stats(watch_hub *h)
     h->stats.unsynced_watchers = h->unsynced.count;
     h->stats.events_total = h->events_total;
     h->stats.pending_events = h->q_events;
+    h->stats.sync_held_max = h->sync_held_max;
 }
 
 static void *hub_main(void *arg)
@@ -802,7 +860,8 @@ static void *hub_main(void *arg)
         if (h->sync_now || (h->unsynced.count && now >= h->next_sync)) {
             h->sync_now = false;
             sync_step(h);
-            h->next_sync = now + SYNC_INTERVAL_MS;
+            h->next_sync = now + (h->sync_soon ? SYNC_RETRY_MS : SYNC_INTERVAL_MS);
+            h->sync_soon = false;
         }
         if (now >= h->next_tick_check) {
             for (watch_stream *s = h->streams; s; s = s->next)
@@ -1040,6 +1099,8 @@ watch_hub *watch_hub_start(const watch_hub_config *cfg, char **errmsg)
                     GRPC_OVERHEAD;
     h->queue_limit = cfg->event_queue_limit ? cfg->event_queue_limit : DEFAULT_QUEUE_LIMIT;
     h->progress_ms = cfg->progress_interval_ms ? cfg->progress_interval_ms : DEFAULT_PROGRESS_MS;
+    h->sync_stream_bytes = cfg->sync_stream_bytes ? cfg->sync_stream_bytes
+                                                  : DEFAULT_SYNC_STREAM_BYTES;
     h->rng = (uint64_t)now_ms() ^ (uint64_t)(uintptr_t)h;
     pthread_mutex_init(&h->mu, NULL);
     pthread_condattr_t ca;

@@ -53,6 +53,10 @@ typedef struct watch_hub_config {
     /* Added: bytes of events queued from apply before the queue is dropped
      * and every synced watcher catches up from storage (0 = 64 MiB). */
     size_t event_queue_limit;
+    /* Added: event bytes a sync step builds for one stream's watchers
+     * before they stop at a revision and go on in a later step; all
+     * streams together get 4 times that (0 = 4 MiB). */
+    size_t sync_stream_bytes;
 } watch_hub_config;
 
 /* Starts the hub thread and registers the hub as the store's event hook.
@@ -85,6 +89,7 @@ typedef struct watch_hub_stats {
     uint64_t pending_events; /* events queued from apply, not yet dispatched */
     uint64_t queue_drops;    /* added: times the queue overflowed and was dropped */
     uint64_t revisions_skipped; /* added: applied while nobody watched, events not copied */
+    uint64_t sync_held_max;  /* most event bytes one sync step built for its watchers at once */
 } watch_hub_stats;
 
 void watch_hub_get_stats(watch_hub *h, watch_hub_stats *out);

@@ -43,6 +43,9 @@ typedef struct watcher {
     size_t pend_n;
     bool touched;
     bool in_scan;
+    /* During a sync step: the revision whose events it is taking, and the
+     * revision it stopped at because its stream's room was used (0: none). */
+    int64_t scan_rev, scan_stop;
     bool pend_failed;   /* out of memory while building: read it again later */
 } watcher;
 
