@@ -10,6 +10,7 @@ reproduction file, kept under the build dir's integration-artifacts/NAME/.
 
 import concurrent.futures
 import os
+import re
 import subprocess
 import time
 
@@ -54,13 +55,79 @@ def env_first(names, default):
     return default
 
 
+def response_block(lines, title):
+    """The lines of the oracle's block `title` (up to the next empty line)."""
+    try:
+        start = lines.index(title) + 1
+    except ValueError:
+        return None
+    block = []
+    for line in lines[start:]:
+        if not line.strip():
+            break
+        block.append(line.strip())
+    return block
+
+
+PREV_KV = re.compile(r' prev_kv \{(?:[^{}"]|"(?:[^"\\]|\\.)*")*\}')
+
+
+def etcd_prev_kv_race(output):
+    """Whether the oracle's divergence is etcd 3.4.23 sending a new watch's
+    first events without the prev_kv that the watch asked for, while the
+    candidate sent them with it.  etcd's recvLoop registers the watch in
+    mvcc first and only then notes prevKV[id] (etcdserver/api/v3rpc/watch.go);
+    when the sync loop catches the new watcher up in between, sendLoop sends
+    those events without a prev_kv.  It is timing (one seed in hundreds), and
+    the oracle does not normalise it.  Exactly that shape is recognised: the
+    same events, the reference's lack prev_kv only in a leading run of the
+    candidate's events that have one."""
+    lines = output.splitlines()
+    reference = response_block(lines, "reference response (normalised):")
+    candidate = response_block(lines, "candidate response (normalised):")
+    if not reference or not candidate or len(reference) != len(candidate):
+        return False
+    dropped, kept = 0, False
+    for ref, cand in zip(reference, candidate):
+        if not cand.startswith("event {"):
+            if ref != cand:
+                return False
+            continue
+        has_prev = PREV_KV.search(cand) is not None
+        if ref == cand:
+            kept = kept or has_prev
+        elif has_prev and not kept and ref == PREV_KV.sub("", cand):
+            dropped += 1
+        else:
+            return False
+    return dropped > 0
+
+
 def run_seed(seed, ops, mix, oracle, artifacts, deadline, seed_timeout, budget,
              extra_args=(), cluster_size=1):
     """One seed against a fresh candidate (a single server, or with
     cluster_size > 1 a fresh cluster whose follower is the oracle's
-    candidate); returns None on success, else a failure message."""
+    candidate); returns None on success, else a failure message.  A seed
+    that diverged only by etcd's prev_kv race (etcd_prev_kv_race) runs once
+    more, against fresh servers."""
+    message, output = run_seed_once(seed, ops, mix, oracle, artifacts, deadline,
+                                    seed_timeout, budget, extra_args, cluster_size)
+    if message and etcd_prev_kv_race(output):
+        harness.log("seed %d: the reference etcd sent a new watch's first events without "
+                    "the prev_kv it asked for (etcd's own race, see etcd_prev_kv_race); "
+                    "running the seed again" % seed)
+        message, output = run_seed_once(seed, ops, mix, oracle, artifacts, deadline,
+                                        seed_timeout, budget, extra_args, cluster_size)
+        if message:
+            message = "(second run, after etcd's prev_kv race in the first) " + message
+    return message
+
+
+def run_seed_once(seed, ops, mix, oracle, artifacts, deadline, seed_timeout, budget,
+                  extra_args, cluster_size):
+    """One run of run_seed: (None or a failure message, the oracle's output)."""
     if time.monotonic() > deadline:
-        return "seed %d: not run, the time budget of %ds was used up" % (seed, budget)
+        return "seed %d: not run, the time budget of %ds was used up" % (seed, budget), ""
     repro = os.path.join(artifacts, "repro-seed%d.txt" % seed)
     if os.path.exists(repro):
         os.remove(repro)
@@ -100,7 +167,7 @@ def run_seed(seed, ops, mix, oracle, artifacts, deadline, seed_timeout, budget,
         alive = not dead
         harness.log("seed %d: %s (%.1fs)" % (seed, last, time.monotonic() - started))
         if status == 0 and alive and last.endswith(" passed, 0 failed"):
-            return None
+            return None, output
         message = "seed %d: oracle exit status %s, candidate %s\n%s" % (
             seed, status, "running" if alive else "exited: %s" % ", ".join(
                 "%s (status %s)" % (m, m.proc.returncode) for m in dead),
@@ -109,7 +176,7 @@ def run_seed(seed, ops, mix, oracle, artifacts, deadline, seed_timeout, budget,
             message += "\nreproduction file: %s" % repro
         for member in dead:
             message += "\nend of the log of %s:\n%s" % (member, member.log_tail())
-        return message
+        return message, output
     finally:
         target.stop()
 
