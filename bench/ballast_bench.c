@@ -533,9 +533,9 @@ static void ka_event(client *c, int success)
     case T_KA_ROUND:
         if (success && c->recv) {
             w->ok++;
-            uint64_t done = now_ns();
-            lat_add(&w->lat, done - c->started);
-            note_slow("keep-alive", done - c->started, done);
+            uint64_t done = now_ns(), took = done - c->started;
+            lat_add(&w->lat, took);
+            note_slow("keep-alive", took, done);
             grpc_byte_buffer_destroy(c->recv);
             c->recv = NULL;
             ka_round(c);
@@ -976,7 +976,8 @@ static void parse_args(int argc, char **argv)
         O.key_size > 63 || O.key_space == 0 || O.txn_ops == 0 || O.txn_ops > MAX_TXN_OPS ||
         O.streams == 0 || O.watchers == 0 || O.put_rate <= 0 || O.rw_ratio < 0 || O.slow_ms < 0) {
         fprintf(stderr, "ballast-bench: an option is out of range (clients, conns, threads, "
-                        "key-space-size, streams, watchers >= 1; key-size 1..63; txn-ops 1..%d)\n",
+                        "key-space-size, streams, watchers >= 1; key-size 1..63; txn-ops 1..%d; "
+                        "put-rate > 0; rw-ratio, slow-ms >= 0)\n",
                 MAX_TXN_OPS);
         exit(2);
     }
