@@ -1,12 +1,13 @@
 #include "aio_reaper.h"
 
-#include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#include "libc_next.h"
 
 /* Contexts waiting for the reaper; when it is this far behind, io_destroy
  * runs where it is called, as without the reaper (each context holds
@@ -25,14 +26,8 @@ static unsigned long n_deferred, n_done; /* atomic */
 
 static syscall_fn libc_syscall(void)
 {
-    static syscall_fn real; /* atomic */
-    syscall_fn f = __atomic_load_n(&real, __ATOMIC_ACQUIRE);
-    if (!f) {
-        f = (syscall_fn)dlsym(RTLD_NEXT, "syscall");
-        if (f)
-            __atomic_store_n(&real, f, __ATOMIC_RELEASE);
-    }
-    return f;
+    static void *real;
+    return (syscall_fn)libc_next(&real, "syscall");
 }
 
 static void *reaper_main(void *arg)

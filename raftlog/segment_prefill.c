@@ -1,6 +1,5 @@
 #include "segment_prefill.h"
 
-#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -9,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include "libc_next.h"
 
 #define MAX_DIRS 16
 #define CHUNK (1u << 20)
@@ -110,14 +111,10 @@ typedef int (*fallocate_fn)(int, off_t, off_t);
 
 int posix_fallocate(int fd, off_t offset, off_t len)
 {
-    static fallocate_fn libc_fallocate; /* atomic */
-    fallocate_fn real = __atomic_load_n(&libc_fallocate, __ATOMIC_ACQUIRE);
-    if (!real) {
-        real = (fallocate_fn)dlsym(RTLD_NEXT, "posix_fallocate");
-        if (!real)
-            return ENOSYS;
-        __atomic_store_n(&libc_fallocate, real, __ATOMIC_RELEASE);
-    }
+    static void *libc_fallocate;
+    fallocate_fn real = (fallocate_fn)libc_next(&libc_fallocate, "posix_fallocate");
+    if (!real)
+        return ENOSYS;
     int rv = real(fd, offset, len);
     if (rv != 0 || offset % ALIGN || len % ALIGN || !is_open_segment(fd))
         return rv;
