@@ -74,8 +74,8 @@ struct peer_client {
     pcall *in_flight;
     int stopping;
     int thread_started; /* on the first call, under mu */
-    rpc_server *rpc;    /* peer_client_attach: calls complete on its queues */
-    int cq_shut;        /* the own queue is shut down (attach or free) */
+    rpc_server *rpc;    /* peer_client_attach: calls complete on its queues,
+                         * the own queue is shut down */
     channel_entry *channels;
     size_t n_channels;
     uint64_t fwd_batches, fwd_items; /* atomic */
@@ -253,7 +253,6 @@ void peer_client_attach(peer_client *pc, rpc_server *s)
     /* no call starts on the own queue any more: its thread, if any, ends
      * once the calls made before have completed */
     grpc_completion_queue_shutdown(pc->cq);
-    pc->cq_shut = 1;
     pthread_mutex_unlock(&pc->mu);
 }
 
@@ -273,7 +272,7 @@ void peer_client_free(peer_client *pc)
     if (!pc)
         return;
     peer_client_shutdown(pc);
-    if (!pc->cq_shut)
+    if (!pc->rpc) /* not shut down by attach */
         grpc_completion_queue_shutdown(pc->cq);
     if (pc->thread_started)
         pthread_join(pc->thread, NULL);
