@@ -78,8 +78,8 @@ def etcd_prev_kv_race(output):
     candidate sent them with it.  etcd's recvLoop registers the watch in
     mvcc first and only then notes prevKV[id] (etcdserver/api/v3rpc/watch.go);
     when the sync loop catches the new watcher up in between, sendLoop sends
-    those events without a prev_kv.  It is timing (one seed in hundreds), and
-    the oracle does not normalise it.  Exactly that shape is recognised: the
+    those events without a prev_kv.  It is timing (seen once, in a CI run's
+    test_oracle_lease), and the oracle does not normalise it.  Exactly that shape is recognised: the
     same events, the reference's lack prev_kv only in a leading run of the
     candidate's events that have one."""
     lines = output.splitlines()
