@@ -44,7 +44,8 @@ typedef struct watcher {
     bool touched;
     bool in_scan;
     /* During a sync step: the revision whose events it is taking, and the
-     * revision it stopped at because its stream's room was used (0: none). */
+     * revision it stopped at because the step's bytes for its stream (or
+     * for all streams) were used (0: none). */
     int64_t scan_rev, scan_stop;
     bool pend_failed;   /* out of memory while building: read it again later */
 } watcher;

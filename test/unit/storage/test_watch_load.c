@@ -141,15 +141,8 @@ static void test_stalled_many(void)
     enum { W = 200, P = 40, LIMIT = 64 << 10, STEP = 8 << 10 };
     tstore t;
     ts_open(&t);
-    watch_hub_config c = {
-        .store = t.m,
-        .header = hdr_fn,
-        .stream_backlog_limit = LIMIT,
-        .sync_stream_bytes = STEP,
-    };
-    char *err = NULL;
-    watch_hub *h = watch_hub_start(&c, &err);
-    CHECK(h != NULL);
+    watch_hub *h = hub_start_with(
+        &t, (watch_hub_config){.stream_backlog_limit = LIMIT, .sync_stream_bytes = STEP});
     fake a;
     fake_init(&a, h);
     for (int i = 0; i < W; i++)

@@ -226,21 +226,26 @@ static inline void hdr_fn(void *arg, mvcc_header *out)
     out->raft_term = 3;
 }
 
-static inline watch_hub *hub_start(tstore *t, uint64_t max_req, size_t backlog_limit,
-                                   uint64_t progress_ms, size_t queue_limit)
+/* A hub on t's store with the test header and the limits of c. */
+static inline watch_hub *hub_start_with(tstore *t, watch_hub_config c)
 {
-    watch_hub_config c = {
-        .store = t->m,
-        .header = hdr_fn,
-        .max_request_bytes = max_req,
-        .stream_backlog_limit = backlog_limit,
-        .progress_interval_ms = progress_ms,
-        .event_queue_limit = queue_limit,
-    };
+    c.store = t->m;
+    c.header = hdr_fn;
     char *err = NULL;
     watch_hub *h = watch_hub_start(&c, &err);
     CHECK(h != NULL);
     return h;
+}
+
+static inline watch_hub *hub_start(tstore *t, uint64_t max_req, size_t backlog_limit,
+                                   uint64_t progress_ms, size_t queue_limit)
+{
+    return hub_start_with(t, (watch_hub_config){
+                                 .max_request_bytes = max_req,
+                                 .stream_backlog_limit = backlog_limit,
+                                 .progress_interval_ms = progress_ms,
+                                 .event_queue_limit = queue_limit,
+                             });
 }
 
 static inline int ev_is(const Mvccpb__Event *e, int type, const char *k, const char *v,
