@@ -61,6 +61,7 @@ typedef struct ballast_config {
     uint32_t batch_max_ops;              /* --batch-max-ops, default 100 */
     uint64_t batch_max_wait_us;          /* --batch-max-wait, default 1ms (Go duration syntax) */
     batch_policy batch_policy;           /* --batch-policy adaptive|tiers|off */
+    uint64_t memtable_reserve_bytes;     /* --memtable-reserve-bytes, default 128 MiB */
 } ballast_config;
 
 typedef enum {

@@ -91,7 +91,9 @@ static void host_port(const config_url *u, char *out, size_t cap)
  * the completion-queue threads. */
 static void raft_thread_started(void *arg)
 {
-    (void)arg;
+    ballast_server *b = arg;
+    /* applies run on this thread: the memtables' memory is allocated here */
+    mvcc_reserve_write_memory((size_t)b->cfg->memtable_reserve_bytes);
     rpc_defer_replies_here();
     rpc_hold_replies_here(); /* one wake-up per queue thread per entry */
 }

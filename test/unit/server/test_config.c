@@ -123,6 +123,7 @@ static void test_defaults(void)
     CHECK_EQ_INT(cfg.batch_max_wait_us, 1000);
     CHECK_EQ_INT(cfg.watch_progress_notify_interval_us, 600000000);
     CHECK_EQ_INT(cfg.batch_policy, BATCH_POLICY_ADAPTIVE);
+    CHECK_EQ_INT(cfg.memtable_reserve_bytes, 128 << 20);
     config_free(&cfg);
     CHECK(cfg.name == NULL && cfg.data_dir == NULL && cfg.initial_cluster == NULL);
     config_free(&cfg); /* freeing twice is harmless */
@@ -537,7 +538,8 @@ static void test_environment(void)
                            "ETCD_INITIAL_CLUSTER=a=http://h:1", "ETCD_QUOTA_BACKEND_BYTES=0x10",
                            "ETCD_DEBUG=true", "ETCD_MAX_TXN_OPS=7",
                            "BALLAST_BATCH_MAX_OPS=9", "BALLAST_BATCH_MAX_WAIT=2ms",
-                           "BALLAST_BATCH_POLICY=off", "BALLAST_BIN=/x/ballast",
+                           "BALLAST_BATCH_POLICY=off", "BALLAST_MEMTABLE_RESERVE_BYTES=0",
+                           "BALLAST_BIN=/x/ballast",
                            "ETCDCTL_API=3", "ETCD=1")),
                  CONFIG_OK);
     CHECK_STR(g_err, "");
@@ -555,6 +557,7 @@ static void test_environment(void)
     CHECK_EQ_INT(cfg.batch_max_ops, 9);
     CHECK_EQ_INT(cfg.batch_max_wait_us, 2000);
     CHECK_EQ_INT(cfg.batch_policy, BATCH_POLICY_OFF);
+    CHECK_EQ_INT(cfg.memtable_reserve_bytes, 0);
     config_free(&cfg);
 
     /* Command line and environment together, for different flags. */
