@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdint.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -27,10 +29,16 @@ static long thread_faults(void)
 static long write_blocks(void)
 {
     void *b[BLOCKS];
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
     long before = thread_faults();
     for (int i = 0; i < BLOCKS; i++) {
         b[i] = malloc(MIB);
         CHECK(b[i] != NULL);
+        /* counted in small pages even where transparent huge pages are
+         * "always" (adjacent blocks can make a huge-page-sized mapping) */
+        uintptr_t lo = ((uintptr_t)b[i] + page - 1) & ~(page - 1);
+        uintptr_t hi = ((uintptr_t)b[i] + MIB) & ~(page - 1);
+        madvise((void *)lo, hi - lo, MADV_NOHUGEPAGE);
         memset(b[i], i + 1, MIB);
     }
     long faults = thread_faults() - before;
