@@ -90,7 +90,7 @@ void mvcc_close(mvcc *m);
  * each) and writes each byte of them once, so every page of them is written
  * for the first time during an apply, and a first write is a page fault: on
  * a virtualised host it costs ~9 us (measured; more while the other cores are
- * busy), ~100 faults per MiB, enough to make applying the bottleneck.
+ * busy), 256 faults per MiB, enough to make applying the bottleneck.
  * With bytes > 0 this call
  *  - tells the C library, for the whole process, to keep freed memory for
  *    reuse instead of handing it back to the kernel (mallopt: blocks under
