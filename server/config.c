@@ -25,6 +25,7 @@
  * being silently ignored.
  */
 #include "config.h"
+#include "mvcc.h" /* MVCC_WRITE_BUFFER_BYTES */
 
 #include <arpa/inet.h>
 #include <stdarg.h>
@@ -95,6 +96,9 @@ struct flag_def {
     bool ballast;          /* BALLAST_ variable instead of ETCD_ */
 };
 
+#define DEFAULT_TEXT(x) DEFAULT_TEXT_(x)
+#define DEFAULT_TEXT_(x) #x
+
 #define STORED(n, k, t, sec, d, ch, h) { n, k, S_STORED, t, sec, d, ch, h, false }
 #define OWN(n, k, t, d, ch, h) { n, k, S_STORED, t, SEC_BATCH, d, ch, h, true }
 #define COMPAT(n, k, d, ch) { n, k, S_COMPAT, T_NONE, SEC_OTHER, d, ch, NULL, false }
@@ -156,7 +160,7 @@ static const struct flag_def flags[] = {
         "How long a batch waits: 'adaptive' follows the load, 'tiers' picks one of\n"
         "      three waits once a second from the rate of operations, 'off' puts each\n"
         "      operation in its own entry."),
-    OWN("memtable-reserve-bytes", K_UINT, T_MEMTABLE_RESERVE, "134217728", NULL,
+    OWN("memtable-reserve-bytes", K_UINT, T_MEMTABLE_RESERVE, DEFAULT_TEXT(MVCC_WRITE_BUFFER_BYTES), NULL,
         "Memory for the store's write buffers mapped at start-up on the thread\n"
         "      that applies writes, which then takes no page faults for them; freed\n"
         "      memory is kept for reuse. 0: neither (RSS starts this much lower)."),
@@ -1126,7 +1130,7 @@ static bool config_defaults(ballast_config *cfg)
     cfg->batch_max_wait_us = 1000;
     cfg->watch_progress_notify_interval_us = 600000000; /* 10m */
     cfg->batch_policy = BATCH_POLICY_ADAPTIVE;
-    cfg->memtable_reserve_bytes = 134217728; /* the store's memtable budget */
+    cfg->memtable_reserve_bytes = MVCC_WRITE_BUFFER_BYTES;
     cfg->name = strdup("default");
     cfg->initial_cluster_token = strdup("etcd-cluster");
     cfg->log_level = strdup("info");

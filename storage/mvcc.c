@@ -245,7 +245,7 @@ int mvcc_open(const char *dir, mvcc **out, char **errmsg)
     rocksdb_options_set_max_open_files(m->db_opts, 1024);
     /* Bound memtable memory across all families, and keep the WAL from
      * growing when one family is written rarely (its memtable pins logs). */
-    rocksdb_options_set_db_write_buffer_size(m->db_opts, 128 << 20);
+    rocksdb_options_set_db_write_buffer_size(m->db_opts, MVCC_WRITE_BUFFER_BYTES);
     rocksdb_options_set_max_total_wal_size(m->db_opts, 256 << 20);
     /* RocksDB's info LOG sits beside the data: once a write to it fails
      * (a full disk), Debian's build (assertions on) aborts on the next log

@@ -85,6 +85,12 @@ typedef struct mvcc_limits {
 int mvcc_open(const char *dir, mvcc **out, char **errmsg);
 void mvcc_close(mvcc *m);
 
+/* The store's memtable budget: every column family's write buffers
+ * together (128 MiB). Also the default of mvcc_reserve_write_memory's
+ * `bytes` (--memtable-reserve-bytes). Kept a decimal literal so that it
+ * can be printed as the flag's default. */
+#define MVCC_WRITE_BUFFER_BYTES 134217728
+
 /* Makes memory ready for the write buffers (RocksDB memtables) on the
  * thread that applies. That thread allocates the memtables' blocks (1 MiB
  * each) and writes each byte of them once, so every page of them is written
