@@ -15,6 +15,7 @@
 
 #include "ballast.h"
 #include "config.h"
+#include "heap_pages.h"
 #include "member.h"
 #include "metrics_http.h"
 #include "snapshot_restore.h"
@@ -172,6 +173,8 @@ int main(int argc, char **argv, char **envp)
     raise_open_file_limit();
     if (argc >= 2 && strcmp(argv[1], "snapshot") == 0)
         return snapshot_command_main(argc, argv, envp);
+    /* before anything is opened or started: may start the program again */
+    heap_pages_restart(argv);
     ballast_config cfg;
     config_status cs = config_parse(&cfg, argc, argv, envp, stdout, stderr);
     if (cs == CONFIG_EXIT_OK) {
