@@ -329,13 +329,18 @@ def tcp_connected(pid, port):
     return False
 
 
+def read_proc_kib(pid, name, field):
+    """The "FIELD: N kB" line of /proc/PID/NAME (status, smaps_rollup, ...), in KiB."""
+    with open("/proc/%d/%s" % (pid, name)) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise TestFailure("no %s in /proc/%d/%s" % (field, pid, name))
+
+
 def read_rss_kib(pid):
     """VmRSS of a process in KiB (from /proc/PID/status)."""
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise TestFailure("no VmRSS in /proc/%d/status" % pid)
+    return read_proc_kib(pid, "status", "VmRSS")
 
 
 def run_command(cmd, timeout=30, stdin=None, env=None, cwd=None):

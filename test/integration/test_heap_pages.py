@@ -51,14 +51,6 @@ def process_tunables(pid):
     return None
 
 
-def anon_huge_kib(pid):
-    with open("/proc/%d/smaps_rollup" % pid) as f:
-        for line in f:
-            if line.startswith("AnonHugePages:"):
-                return int(line.split()[1])
-    raise harness.TestFailure("no AnonHugePages line in /proc/%d/smaps_rollup" % pid)
-
-
 def run_with_tunables(value):
     """Starts a server with GLIBC_TUNABLES set to `value` (None: unset), checks
     that it serves a put and a get, and returns (its GLIBC_TUNABLES, its
@@ -79,7 +71,7 @@ def run_with_tunables(value):
         get = harness.etcdctl(srv.endpoint, "get", "heap", "--print-value-only")
         check(get.stdout.strip() == "pages", "get returned %r" % get.stdout)
         tunables = process_tunables(pid)
-        huge = anon_huge_kib(pid)
+        huge = harness.read_proc_kib(pid, "smaps_rollup", "AnonHugePages")
         harness.log("GLIBC_TUNABLES=%r: the server has %r, AnonHugePages %d kB"
                     % (value, tunables, huge))
         check(srv.proc.poll() is None, "%s exited" % srv)
