@@ -63,16 +63,25 @@ void heap_pages_restart(char **argv)
     char *value = heap_pages_tunables(f ? mode : NULL, getenv("GLIBC_TUNABLES"), getenv("LD_PRELOAD"));
     if (!value)
         return;
-    char *old = getenv("GLIBC_TUNABLES");
-    char *saved = old ? strdup(old) : NULL;
-    if (setenv("GLIBC_TUNABLES", value, 1) == 0) {
-        execv("/proc/self/exe", argv);
-        /* still here: run on as we are, with the environment we had */
-        if (saved)
-            setenv("GLIBC_TUNABLES", saved, 1);
-        else
-            unsetenv("GLIBC_TUNABLES");
+    /* the new program's environment: this one's, with GLIBC_TUNABLES set
+     * to value; this process's own is left as it is */
+    static const char name[] = "GLIBC_TUNABLES=";
+    size_t n = 0;
+    while (environ[n])
+        n++;
+    char **env = calloc(n + 2, sizeof *env);
+    char *entry = malloc(strlen(name) + strlen(value) + 1);
+    if (env && entry) {
+        sprintf(entry, "%s%s", name, value);
+        size_t k = 0;
+        for (size_t i = 0; i < n; i++)
+            if (strncmp(environ[i], name, strlen(name)) != 0)
+                env[k++] = environ[i];
+        env[k] = entry;
+        execve("/proc/self/exe", argv, env);
+        /* still here: run on as we are */
     }
-    free(saved);
+    free(entry);
+    free(env);
     free(value);
 }

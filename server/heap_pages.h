@@ -30,8 +30,9 @@ char *heap_pages_tunables(const char *thp_mode, const char *tunables, const char
 
 /* Starts /proc/self/exe again with argv and the environment plus the
  * tunable when heap_pages_tunables asks for it. Returns only when it does
- * not (or exec failed, which leaves the process as it was). Call it first
- * thing in main: nothing is open or running yet that a restart would lose. */
+ * not (or exec failed, which leaves the process as it was: its own
+ * environment is never changed). Call it in main before anything is opened
+ * or started: nothing is there yet that a restart would lose. */
 void heap_pages_restart(char **argv);
 
 #endif
