@@ -28,6 +28,7 @@
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
 
+#include "absl_checks.h"
 #include "rpc.pb-c.h"
 
 typedef enum {
@@ -1085,6 +1086,7 @@ static void cleanup(worker *workers, unsigned n_threads, wstream *streams)
 int main(int argc, char **argv)
 {
     parse_args(argc, argv);
+    absl_deadlock_detection_off(); /* as the server does: the same gRPC cost on both ends */
     grpc_init();
 
     VALUE = malloc(O.val_size ? O.val_size : 1);

@@ -3,7 +3,6 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
-#include <dlfcn.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "absl_checks.h"
 #include "ballast.h"
 #include "config.h"
 #include "heap_pages.h"
@@ -150,21 +150,6 @@ static void raise_open_file_limit(void)
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
-}
-
-/* Debian 12's abseil, under gRPC, is built with its debug checks on: every
- * lock of an absl::Mutex (gRPC takes several per call) records the lock in
- * a global deadlock-detection graph, under a global lock, with a stack
- * trace for each new edge. Switching that off is absl's own call,
- * absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore); it
- * is C++, so it is looked up by its name in Debian's build (inline
- * namespace debian3) and skipped where that build is not the one loaded. */
-static void absl_deadlock_detection_off(void)
-{
-    void (*set_mode)(int) = (void (*)(int))dlsym(
-        RTLD_DEFAULT, "_ZN4absl7debian329SetMutexDeadlockDetectionModeENS0_15OnDeadlockCycleE");
-    if (set_mode)
-        set_mode(0 /* kIgnore */);
 }
 
 int main(int argc, char **argv, char **envp)
