@@ -142,6 +142,14 @@ static unsigned size_bucket(size_t n)
     return b;
 }
 
+size_t batch_proposer_queued(batch_proposer *bp)
+{
+    pthread_mutex_lock(&bp->mu);
+    size_t n = bp->q_len;
+    pthread_mutex_unlock(&bp->mu);
+    return n;
+}
+
 int batch_proposer_next(batch_proposer *bp, uint64_t now_us, unsigned in_flight,
                         void *(*alloc)(size_t), batch_entry *out, uint64_t *deadline_us)
 {

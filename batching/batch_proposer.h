@@ -77,6 +77,9 @@ typedef struct batch_entry {
 int batch_proposer_next(batch_proposer *bp, uint64_t now_us, unsigned in_flight,
                         void *(*alloc)(size_t), batch_entry *out, uint64_t *deadline_us);
 
+/* How many ops wait to be proposed. Thread-safe (a snapshot). */
+size_t batch_proposer_queued(batch_proposer *bp);
+
 /* Removes every queued op, handing their tokens to fn (for failing them when
  * the node shuts down or loses leadership). Owner thread only. */
 void batch_proposer_drain(batch_proposer *bp, void (*fn)(void *ctx, void *arg), void *arg);

@@ -616,7 +616,8 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 static void flush_answers(raft_node *n)
 {
     if (n->cfg.answers_flush)
-        n->cfg.answers_flush(n->cfg.cb_arg);
+        n->cfg.answers_flush(n->cfg.cb_arg,
+                             n->in_flight == 0 && !n->closing && batch_proposer_queued(n->bp) == 0);
 }
 
 static void apply_cb(struct raft_apply *req, int status, void *result)

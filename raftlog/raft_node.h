@@ -91,8 +91,9 @@ typedef struct raft_node_config {
     void (*loop_started)(void *arg);      /* may be NULL: first thing on the raft thread */
     /* may be NULL: on the raft thread after the ops of an entry have been
      * answered, and before its loop waits (or ends): what the answers held
-     * back can go out */
-    void (*answers_flush)(void *arg);
+     * back can go out. `idle`: no entry is in flight and no op waits to be
+     * proposed, so nothing the raft thread does next is urgent. */
+    void (*answers_flush)(void *arg, int idle);
     void *cb_arg;
 } raft_node_config;
 

@@ -99,10 +99,10 @@ static void raft_thread_started(void *arg)
     rpc_hold_replies_here(); /* one wake-up per queue thread per entry */
 }
 
-static void raft_answers_flush(void *arg)
+static void raft_answers_flush(void *arg, int idle)
 {
     (void)arg;
-    rpc_flush_replies();
+    rpc_flush_replies(idle);
 }
 
 /* grpc_shutdown() joins gRPC's executor threads. Under heavy CPU load one

@@ -224,10 +224,32 @@ static void kick(rpc_queue *q, rpc_call *c)
         on_kick(&q->kick, 0); /* then they are sent from here */
 }
 
-void rpc_flush_replies(void)
+/* Takes q's reply list if it holds one reply only (NULL otherwise). */
+static rpc_call *take_single_reply(rpc_queue *q)
+{
+    pthread_mutex_lock(&q->mu);
+    rpc_call *one = q->reply_head && q->reply_head == q->reply_tail ? q->reply_head : NULL;
+    if (one) {
+        q->reply_head = q->reply_tail = NULL;
+        q->kick_pending = 0;
+        pthread_cond_broadcast(&q->idle);
+    }
+    pthread_mutex_unlock(&q->mu);
+    return one;
+}
+
+void rpc_flush_replies(int idle)
 {
     unsigned n = n_held;
     n_held = 0;
+    rpc_call *one = idle && n == 1 ? take_single_reply(held[0].q) : NULL;
+    if (one) {
+        char *msg = one->reply_message;
+        one->reply_message = NULL;
+        send_reply(one, one->reply_code, msg);
+        free(msg);
+        return;
+    }
     for (unsigned i = 0; i < n; i++)
         kick(held[i].q, held[i].c);
 }

@@ -110,9 +110,12 @@ void rpc_defer_replies_here(void);
  * run, instead of at the first reply it gets and again whenever it has
  * emptied its list meanwhile (each wake-up could preempt the answering
  * thread on a busy machine). The thread must call rpc_flush_replies before
- * it waits for anything. */
+ * it waits for anything. With `idle` (the thread has nothing urgent to do
+ * next) a run of one reply is sent from the calling thread: a wake-up of the
+ * queue's thread would only add to that reply's latency (put at 1 client:
+ * p50 about 15 us lower, 17 us less server CPU per Put). */
 void rpc_hold_replies_here(void);
-void rpc_flush_replies(void);
+void rpc_flush_replies(int idle);
 
 /* Per-call scratch for the handler: a pointer it may set and read back in
  * later callbacks (e.g. a decoded request). The handler frees what it puts. */

@@ -201,13 +201,17 @@ static void test_drain(void)
 {
     batch_config cfg = {BATCH_ADAPTIVE, 100, 1000, 1, 0};
     batch_proposer *bp = batch_proposer_new(&cfg, NULL, NULL);
+    CHECK_EQ_INT(batch_proposer_queued(bp), 0);
     submit_n(bp, 7, 1);
+    CHECK_EQ_INT(batch_proposer_queued(bp), 7);
     batch_proposer_drain(bp, count_drained, NULL);
     CHECK_EQ_INT(drained, 7);
+    CHECK_EQ_INT(batch_proposer_queued(bp), 0);
     uint64_t deadline;
     CHECK_EQ_INT(take(bp, batch_now_us(), 0, &deadline, 0), 0);
     submit_n(bp, 1, 1);
     CHECK_EQ_INT(take(bp, batch_now_us(), 0, &deadline, 1), 1);
+    CHECK_EQ_INT(batch_proposer_queued(bp), 0);
     batch_proposer_free(bp);
 }
 
