@@ -371,13 +371,15 @@ class Server:
     directory (e.g. to restart), else a new empty one.  extra_args: more flags
     (e.g. ["--batch-policy", "off"]).  host: the loopback address it listens
     on; command_prefix: what runs it (e.g. ["ip", "netns", "exec", NS], which
-    execs the server: the PID stays the server's)."""
+    execs the server: the PID stays the server's); env: the whole environment
+    it starts with (None: this process's)."""
 
     def __init__(self, kind=None, data_dir=None, extra_args=(), name="default",
-                 host="127.0.0.1", command_prefix=()):
+                 host="127.0.0.1", command_prefix=(), env=None):
         self.kind = kind or candidate_kind()
         self.host = host
         self.command_prefix = list(command_prefix)
+        self.env = env
         self.binary = binary_for(self.kind)
         self.name = name
         self.work_dir = make_temp_dir("ballast-it-%s-" % self.kind)
@@ -436,7 +438,7 @@ class Server:
         self.starts += 1
         with open(self.log_path, "ab") as logf:
             logf.write(b"\n===== start %d: %s\n" % (self.starts, " ".join(self.command()).encode()))
-        self.proc = spawn(self.command_prefix + self.command(), self.log_path)
+        self.proc = spawn(self.command_prefix + self.command(), self.log_path, env=self.env)
         if wait:
             self.wait_ready()
         return self

@@ -55,15 +55,10 @@ def run_with_tunables(value):
     """Starts a server with GLIBC_TUNABLES set to `value` (None: unset), checks
     that it serves a put and a get, and returns (its GLIBC_TUNABLES, its
     AnonHugePages in KiB)."""
-    saved = os.environ.pop("GLIBC_TUNABLES", None)
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     if value is not None:
-        os.environ["GLIBC_TUNABLES"] = value
-    try:
-        srv = harness.Server().start()
-    finally:
-        os.environ.pop("GLIBC_TUNABLES", None)
-        if saved is not None:
-            os.environ["GLIBC_TUNABLES"] = saved
+        env["GLIBC_TUNABLES"] = value
+    srv = harness.Server(env=env).start()
     try:
         pid = srv.proc.pid
         put = harness.etcdctl(srv.endpoint, "put", "heap", "pages")
