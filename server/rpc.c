@@ -193,17 +193,25 @@ void rpc_hold_replies_here(void)
     hold_kicks = 1;
 }
 
-/* On a queue thread: sends the replies handed over since the last kick. */
-static void on_kick(tag *t, int ok)
+/* Takes q's reply list, and with it the kick the list was owed; with
+ * `only_one`, only a list of a single reply (else NULL, and q is as it was). */
+static rpc_call *take_replies(rpc_queue *q, int only_one)
 {
-    (void)ok;
-    rpc_queue *q = (rpc_queue *)((char *)t - offsetof(rpc_queue, kick));
     pthread_mutex_lock(&q->mu);
     rpc_call *list = q->reply_head;
-    q->reply_head = q->reply_tail = NULL;
-    q->kick_pending = 0;
-    pthread_cond_broadcast(&q->idle);
+    if (only_one && list != q->reply_tail)
+        list = NULL;
+    if (list || !only_one) {
+        q->reply_head = q->reply_tail = NULL;
+        q->kick_pending = 0;
+        pthread_cond_broadcast(&q->idle);
+    }
     pthread_mutex_unlock(&q->mu);
+    return list;
+}
+
+static void send_replies(rpc_call *list)
+{
     while (list) {
         rpc_call *next = list->next_reply;
         char *msg = list->reply_message;
@@ -212,6 +220,13 @@ static void on_kick(tag *t, int ok)
         free(msg);
         list = next;
     }
+}
+
+/* On a queue thread: sends the replies handed over since the last kick. */
+static void on_kick(tag *t, int ok)
+{
+    (void)ok;
+    send_replies(take_replies((rpc_queue *)((char *)t - offsetof(rpc_queue, kick)), 0));
 }
 
 /* The empty batch that wakes q's thread for its reply list (c is in it). */
@@ -224,30 +239,13 @@ static void kick(rpc_queue *q, rpc_call *c)
         on_kick(&q->kick, 0); /* then they are sent from here */
 }
 
-/* Takes q's reply list if it holds one reply only (NULL otherwise). */
-static rpc_call *take_single_reply(rpc_queue *q)
-{
-    pthread_mutex_lock(&q->mu);
-    rpc_call *one = q->reply_head && q->reply_head == q->reply_tail ? q->reply_head : NULL;
-    if (one) {
-        q->reply_head = q->reply_tail = NULL;
-        q->kick_pending = 0;
-        pthread_cond_broadcast(&q->idle);
-    }
-    pthread_mutex_unlock(&q->mu);
-    return one;
-}
-
 void rpc_flush_replies(int idle)
 {
     unsigned n = n_held;
     n_held = 0;
-    rpc_call *one = idle && n == 1 ? take_single_reply(held[0].q) : NULL;
+    rpc_call *one = idle && n == 1 ? take_replies(held[0].q, 1) : NULL;
     if (one) {
-        char *msg = one->reply_message;
-        one->reply_message = NULL;
-        send_reply(one, one->reply_code, msg);
-        free(msg);
+        send_replies(one);
         return;
     }
     for (unsigned i = 0; i < n; i++)
