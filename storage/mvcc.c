@@ -258,6 +258,8 @@ int mvcc_open(const char *dir, mvcc **out, char **errmsg)
     rocksdb_writeoptions_set_sync(m->wo, 0);
     m->ro_plain = rocksdb_readoptions_create();
     rocksdb_readoptions_set_total_order_seek(m->ro_plain, 1);
+    m->ro_prefix = rocksdb_readoptions_create();
+    rocksdb_readoptions_set_prefix_same_as_start(m->ro_prefix, 1);
     m->wb = rocksdb_writebatch_wi_create(1 << 16, 1);
     if (cache_init(&m->cur) != 0)
         cache_free(&m->cur); /* no cache: every read goes to the store */
@@ -319,6 +321,8 @@ void mvcc_close(mvcc *m)
         rocksdb_writeoptions_destroy(m->wo);
     if (m->ro_plain)
         rocksdb_readoptions_destroy(m->ro_plain);
+    if (m->ro_prefix)
+        rocksdb_readoptions_destroy(m->ro_prefix);
     for (int i = 0; i < CF_COUNT; i++) {
         if (m->cf_opts[i])
             rocksdb_options_destroy(m->cf_opts[i]);

@@ -162,6 +162,16 @@ static void events_deliver(mvcc *m, mvcc_event_fn fn, void *arg)
     fn(arg, m->ev_out, m->ev_n);
 }
 
+/* The entry's iterator for live-record lookups (mvcc_view.entry_it): it
+ * goes before the entry's batch is written, as its view ends there. */
+static void entry_iter_release(mvcc *m)
+{
+    if (m->entry_it) {
+        rocksdb_iter_destroy(m->entry_it);
+        m->entry_it = NULL;
+    }
+}
+
 /* ---- writing changes ---- */
 
 static int64_t next_sub(apply_ctx *c)
@@ -729,6 +739,7 @@ int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h, Ballastpb__Op *con
     c.v.wb = m->wb;
     c.v.rev = m->rev;
     c.v.compact_rev = m->compact_rev;
+    c.v.entry_it = &m->entry_it;
     size_t entry_start = out->len;
 
     for (size_t i = 0; i < n_ops; i++) {
@@ -774,6 +785,7 @@ int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h, Ballastpb__Op *con
             break;
         }
         if (rc == STEP_STORE_ERR) {
+            entry_iter_release(m);
             out->len = entry_start;
             rocksdb_writebatch_wi_clear(m->wb);
             m->alarms_dirty = false;
@@ -791,6 +803,7 @@ int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h, Ballastpb__Op *con
         }
     }
 
+    entry_iter_release(m);
     write_meta(m, index, c.v.rev, c.v.compact_rev);
     char *err = NULL;
     pthread_mutex_lock(&m->mu);

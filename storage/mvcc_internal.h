@@ -156,6 +156,7 @@ struct mvcc {
     rocksdb_cache_t *cache;
     rocksdb_writeoptions_t *wo;
     rocksdb_readoptions_t *ro_plain;
+    rocksdb_readoptions_t *ro_prefix; /* one key's "index" records (index_prefix) */
 
     /* Committed state, read by any thread under `mu`. A reader takes a
      * RocksDB snapshot while holding `mu`, so the numbers and the data it
@@ -172,6 +173,7 @@ struct mvcc {
     mvcc_buf scratch2;
     range_rows rows;            /* rows read while applying */
     cur_cache cur;              /* see mvcc_cache.c */
+    rocksdb_iterator_t *entry_it; /* mvcc_view.entry_it of the entry being applied */
     bool *path;                 /* compare outcomes of the txn being applied */
     size_t path_cap;
     /* Leases granted (ttl > 0) or revoked (ttl 0) by the entry being
@@ -248,6 +250,10 @@ typedef struct mvcc_view {
     rocksdb_writebatch_wi_t *wb;
     int64_t rev;          /* what revision 0 means: the view's current revision */
     int64_t compact_rev;
+    /* Set by mvcc_apply only: where the entry keeps its one "index"
+     * iterator on the store for live-record lookups that miss the cache
+     * (see view_current); mvcc_apply destroys it before the entry's write. */
+    rocksdb_iterator_t **entry_it;
 } mvcc_view;
 
 /* ---- mvcc_lease.c: the "lease" and "lease_keys" column families ---- */

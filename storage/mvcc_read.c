@@ -179,28 +179,45 @@ static int view_current(mvcc_view *v, const uint8_t *key, size_t n, char **val, 
     }
     /* 0: not written by the entry being applied, so the store alone */
     bool through_batch = v->wb && cached != 0;
+    /* The entry's own iterator serves every such lookup of the entry: the
+     * store does not change until the entry's batch is written (the
+     * compactor's deletes never touch a live record), and creating an
+     * iterator per lookup cost more than the seek. */
+    bool entry_it = !through_batch && v->entry_it;
     mvcc_buf start = {0}, after = {0};
     rocksdb_iterator_t *it = NULL;
+    rocksdb_readoptions_t *ro = NULL;
     int rc = -1;
     /* a seek within the key's prefix (index_prefix), to a full-length key
      * before its newest record: the prefix blooms can answer "never
      * written" */
     static const uint8_t before_newest[REVKEY_LEN] = {0};
-    rocksdb_readoptions_t *ro = view_ro(v);
-    if (!ro || idxkey_key_start(&start, key, n) || idxkey_key_after(&after, key, n))
+    if (idxkey_key_start(&start, key, n))
         goto out;
     size_t plen = start.len;
     if (buf_put(&start, before_newest, REVKEY_LEN))
         goto out;
-    rocksdb_readoptions_set_total_order_seek(ro, 0);
-    rocksdb_readoptions_set_prefix_same_as_start(ro, 1);
-    if (!through_batch)
-        rocksdb_readoptions_set_iterate_upper_bound(ro, (const char *)after.data, after.len);
-    it = rocksdb_create_iterator_cf(v->m->db, ro, v->m->cf[CF_INDEX]);
-    if (it && through_batch)
-        it = rocksdb_writebatch_wi_create_iterator_with_base_cf(v->wb, it, v->m->cf[CF_INDEX]);
-    if (!it)
-        goto out;
+    if (entry_it) {
+        if (!*v->entry_it)
+            *v->entry_it = rocksdb_create_iterator_cf(v->m->db, v->m->ro_prefix,
+                                                      v->m->cf[CF_INDEX]);
+        if (!*v->entry_it)
+            goto out;
+        it = *v->entry_it;
+    } else {
+        ro = view_ro(v);
+        if (!ro || idxkey_key_after(&after, key, n))
+            goto out;
+        rocksdb_readoptions_set_total_order_seek(ro, 0);
+        rocksdb_readoptions_set_prefix_same_as_start(ro, 1);
+        if (!through_batch)
+            rocksdb_readoptions_set_iterate_upper_bound(ro, (const char *)after.data, after.len);
+        it = rocksdb_create_iterator_cf(v->m->db, ro, v->m->cf[CF_INDEX]);
+        if (it && through_batch)
+            it = rocksdb_writebatch_wi_create_iterator_with_base_cf(v->wb, it, v->m->cf[CF_INDEX]);
+        if (!it)
+            goto out;
+    }
     rocksdb_iter_seek(it, (const char *)start.data, start.len);
     if (!rocksdb_iter_valid(it)) {
         rc = iter_failed(it) ? -1 : 0;
@@ -230,7 +247,7 @@ out:
         free(*val);
         *val = NULL;
     }
-    if (it)
+    if (it && !entry_it)
         rocksdb_iter_destroy(it);
     if (ro)
         rocksdb_readoptions_destroy(ro);
