@@ -336,6 +336,7 @@ void mvcc_close(mvcc *m)
     rows_free(&m->rows);
     free(m->scratch.data);
     free(m->scratch2.data);
+    free(m->rev_recs.data);
     free(m->path);
     free(m->lease_changes);
     free(m->ev_arena.data);

@@ -174,6 +174,35 @@ static void entry_iter_release(mvcc *m)
 
 /* ---- writing changes ---- */
 
+/* A "rev" record of the entry (mvcc.rev_recs). */
+static int rev_note(mvcc *m, const uint8_t rk[REVKEY_LEN], const mvcc_buf *val)
+{
+    uint32_t len = (uint32_t)val->len;
+    if (buf_put(&m->rev_recs, rk, REVKEY_LEN) || buf_put(&m->rev_recs, &len, sizeof len) ||
+        buf_put(&m->rev_recs, val->data, val->len))
+        return -1;
+    return 0;
+}
+
+/* Writes the entry: the batch's contents and then its "rev" records, in one
+ * RocksDB write. */
+static void write_entry(mvcc *m, char **err)
+{
+    size_t n;
+    const char *rep = rocksdb_writebatch_wi_data(m->wb, &n);
+    rocksdb_writebatch_t *b = rocksdb_writebatch_create_from(rep, n);
+    const uint8_t *p = m->rev_recs.data, *end = p + m->rev_recs.len;
+    while (p < end) {
+        uint32_t len;
+        memcpy(&len, p + REVKEY_LEN, sizeof len);
+        rocksdb_writebatch_put_cf(b, m->cf[CF_REV], (const char *)p, REVKEY_LEN,
+                                  (const char *)p + REVKEY_LEN + sizeof len, len);
+        p += REVKEY_LEN + sizeof len + len;
+    }
+    rocksdb_write(m->db, m->wo, b, err);
+    rocksdb_writebatch_destroy(b);
+}
+
 static int64_t next_sub(apply_ctx *c)
 {
     c->v.rev = c->begin_rev + 1;
@@ -191,8 +220,8 @@ static int write_put(apply_ctx *c, const kvv *kv, int64_t sub)
         return -1;
     uint8_t rk[REVKEY_LEN];
     revkey_make(rk, kv->mod_rev, sub);
-    rocksdb_writebatch_wi_put_cf(m->wb, m->cf[CF_REV], (const char *)rk, REVKEY_LEN,
-                                 (const char *)val->data, val->len);
+    if (rev_note(m, rk, val))
+        return -1;
     if (cache_note(&m->cur, kv->key, kv->key_len, val->data + 1, val->len - 1))
         return -1;
     if (idxkey_make(key, kv->key, kv->key_len, kv->mod_rev, sub))
@@ -218,8 +247,8 @@ static int write_tombstone(apply_ctx *c, const uint8_t *k, size_t kl, const uint
         return -1;
     uint8_t rk[REVKEY_LEN];
     revkey_make(rk, rev, sub);
-    rocksdb_writebatch_wi_put_cf(m->wb, m->cf[CF_REV], (const char *)rk, REVKEY_LEN,
-                                 (const char *)val->data, val->len);
+    if (rev_note(m, rk, val))
+        return -1;
     if (cache_note(&m->cur, k, kl, NULL, 0))
         return -1;
     if (idxkey_make(key, k, kl, rev, sub))
@@ -476,6 +505,7 @@ static int do_txn(apply_ctx *c, const Etcdserverpb__TxnRequest *t, bool write, m
     pos = 0;
     size_t start = out->len;
     size_t ev_n = write ? c->m->ev_n : 0, ev_len = write ? c->m->ev_arena.len : 0;
+    size_t rev_len = c->m->rev_recs.len;
     if (write) {
         rocksdb_writebatch_wi_set_save_point(c->m->wb);
         cache_save_point(&c->m->cur);
@@ -492,6 +522,7 @@ static int do_txn(apply_ctx *c, const Etcdserverpb__TxnRequest *t, bool write, m
             return STEP_STORE_ERR;
         }
         cache_rollback(&c->m->cur);
+        c->m->rev_recs.len = rev_len;
         c->changes = 0;
         c->v.rev = c->begin_rev;
         c->m->ev_n = ev_n;
@@ -721,6 +752,7 @@ int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h, Ballastpb__Op *con
         return 0;
     }
     rocksdb_writebatch_wi_clear(m->wb);
+    m->rev_recs.len = 0;
     m->write_error[0] = '\0';
     /* also drops the notes of an entry that failed: they never reach the cache */
     cache_begin(&m->cur);
@@ -807,7 +839,7 @@ int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h, Ballastpb__Op *con
     write_meta(m, index, c.v.rev, c.v.compact_rev);
     char *err = NULL;
     pthread_mutex_lock(&m->mu);
-    rocksdb_write_writebatch_wi(m->db, m->wo, m->wb, &err);
+    write_entry(m, &err);
     bool compacted = false;
     mvcc_event_fn fn = m->event_fn;
     void *fn_arg = m->event_arg;
@@ -844,6 +876,10 @@ int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h, Ballastpb__Op *con
         events_deliver(m, fn, fn_arg);
     else if (ev_skip && fn && m->rev > rev_before)
         m->event_skip(fn_arg, rev_before + 1, m->rev);
+    if (m->rev_recs.cap > (4u << 20)) {
+        free(m->rev_recs.data);
+        m->rev_recs = (mvcc_buf){0};
+    }
     if (m->ev_arena.cap > (4u << 20)) {
         free(m->ev_arena.data);
         m->ev_arena = (mvcc_buf){0};

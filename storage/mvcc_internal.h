@@ -171,6 +171,11 @@ struct mvcc {
     char write_error[256];      /* RocksDB's message for the last failed batch */
     mvcc_buf scratch;           /* keys and values built while applying */
     mvcc_buf scratch2;
+    /* The entry's "rev" records (revision key, 4-byte length, value), kept
+     * out of the batch's index: nothing reads "rev" within an entry, and
+     * indexing them cost more than the copy. Added to the batch's
+     * contents when it is written. */
+    mvcc_buf rev_recs;
     range_rows rows;            /* rows read while applying */
     cur_cache cur;              /* see mvcc_cache.c */
     rocksdb_iterator_t *entry_it; /* mvcc_view.entry_it of the entry being applied */
