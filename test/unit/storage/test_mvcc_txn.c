@@ -642,6 +642,24 @@ static void test_reads_see_own_writes(void)
     ts_close(&t);
 }
 
+static void count_events(void *arg, const mvcc_event *ev, size_t n)
+{
+    (void)ev;
+    *(size_t *)arg += n;
+}
+
+/* Events the store's history holds at main revision `rev`. */
+static size_t history_count(tstore *t, int64_t rev)
+{
+    size_t n = 0;
+    int64_t next;
+    mvcc_history *h = mvcc_history_open(t->m);
+    CHECK(h != NULL);
+    CHECK(mvcc_history_events(h, rev, rev, 0, 0, count_events, &n, &next) == 0);
+    mvcc_history_close(h);
+    return n;
+}
+
 /* The apply thread's cache of current records (mvcc_cache.c) must follow
  * every change: writes of later ops in the same entry, txn rollbacks, and
  * deletes. Each Put's version and create_revision come from the record read. */
@@ -656,8 +674,12 @@ static void test_current_cache(void)
     Etcdserverpb__RequestOp *iv = op_put("c", "");
     iv->request_put->ignore_value = 1;
     mvcc_result res;
-    CHECK(ts_txn(&t, txn_make(NULL, L(op_del("c", ""), iv), NULL), &res) == NULL);
+    CHECK(ts_txn(&t, txn_make(NULL, L(op_put("x", "1"), op_del("c", ""), iv), NULL), &res) ==
+          NULL);
     CHECK_EQ_INT(ts_put(&t, "c", "3"), 4);
+    /* nothing of it reached the history either: revision 4 is this Put
+     * alone, without the txn's delete at sub revision 1 */
+    CHECK_EQ_INT(history_count(&t, 4), 1);
     Etcdserverpb__RangeResponse *rr = ts_range(&t, "c", NULL, 0);
     CHECK_EQ_INT(rr->n_kvs, 1);
     CHECK_EQ_INT(rr->kvs[0]->version, 3);
