@@ -31,7 +31,7 @@
  * Writes go through one WriteBatchWithIndex per raft entry, so the ops of an
  * entry read each other's writes; its "rev" records, which nothing reads
  * within an entry, stay out of the batch's index and join its contents for
- * the entry's one write (mvcc_apply.c, write_entry). The write goes to the
+ * the entry's one write (mvcc_apply.c, entry_batch). The write goes to the
  * WAL without fsync (the raft log is the durable record; mvcc_sync() syncs).
  * Readers take a RocksDB snapshot together with the revision numbers under
  * `mu`, which apply holds while it writes a batch: a read sees a whole entry

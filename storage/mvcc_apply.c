@@ -184,9 +184,9 @@ static int rev_note(mvcc *m, const uint8_t rk[REVKEY_LEN], const mvcc_buf *val)
     return 0;
 }
 
-/* Writes the entry: the batch's contents and then its "rev" records, in one
- * RocksDB write. */
-static void write_entry(mvcc *m, char **err)
+/* What the entry writes, in one RocksDB write: the batch's contents, then
+ * its "rev" records. Built before `mu` is taken for the write. */
+static rocksdb_writebatch_t *entry_batch(mvcc *m)
 {
     size_t n;
     const char *rep = rocksdb_writebatch_wi_data(m->wb, &n);
@@ -199,8 +199,7 @@ static void write_entry(mvcc *m, char **err)
                                   (const char *)p + REVKEY_LEN + sizeof len, len);
         p += REVKEY_LEN + sizeof len + len;
     }
-    rocksdb_write(m->db, m->wo, b, err);
-    rocksdb_writebatch_destroy(b);
+    return b;
 }
 
 static int64_t next_sub(apply_ctx *c)
@@ -837,9 +836,10 @@ int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h, Ballastpb__Op *con
 
     entry_iter_release(m);
     write_meta(m, index, c.v.rev, c.v.compact_rev);
+    rocksdb_writebatch_t *batch = entry_batch(m);
     char *err = NULL;
     pthread_mutex_lock(&m->mu);
-    write_entry(m, &err);
+    rocksdb_write(m->db, m->wo, batch, &err);
     bool compacted = false;
     mvcc_event_fn fn = m->event_fn;
     void *fn_arg = m->event_arg;
@@ -858,6 +858,7 @@ int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h, Ballastpb__Op *con
     m->pending_cluster_id = 0;
     m->alarms_dirty = false;
     pthread_mutex_unlock(&m->mu);
+    rocksdb_writebatch_destroy(batch);
     rocksdb_writebatch_wi_clear(m->wb);
     if (err) {
         snprintf(m->write_error, sizeof m->write_error, "%s", err);
