@@ -770,7 +770,7 @@ int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h, Ballastpb__Op *con
     c.v.wb = m->wb;
     c.v.rev = m->rev;
     c.v.compact_rev = m->compact_rev;
-    c.v.entry_it = &m->entry_it;
+    c.v.entry_it = true;
     size_t entry_start = out->len;
 
     for (size_t i = 0; i < n_ops; i++) {
@@ -877,14 +877,8 @@ int mvcc_apply(mvcc *m, uint64_t index, const mvcc_header *h, Ballastpb__Op *con
         events_deliver(m, fn, fn_arg);
     else if (ev_skip && fn && m->rev > rev_before)
         m->event_skip(fn_arg, rev_before + 1, m->rev);
-    if (m->rev_recs.cap > (4u << 20)) {
-        free(m->rev_recs.data);
-        m->rev_recs = (mvcc_buf){0};
-    }
-    if (m->ev_arena.cap > (4u << 20)) {
-        free(m->ev_arena.data);
-        m->ev_arena = (mvcc_buf){0};
-    }
+    buf_trim(&m->rev_recs, 4u << 20);
+    buf_trim(&m->ev_arena, 4u << 20);
     return 0;
 }
 

@@ -26,6 +26,14 @@ int buf_reserve(mvcc_buf *b, size_t extra)
     return 0;
 }
 
+void buf_trim(mvcc_buf *b, size_t max_cap)
+{
+    if (b->cap > max_cap) {
+        free(b->data);
+        *b = (mvcc_buf){0};
+    }
+}
+
 int buf_put(mvcc_buf *b, const void *p, size_t n)
 {
     if (buf_reserve(b, n))

@@ -51,6 +51,9 @@ typedef struct kvv {
 
 int buf_reserve(mvcc_buf *b, size_t extra);
 int buf_put(mvcc_buf *b, const void *p, size_t n);
+/* Frees the buffer's memory (leaving it empty) when it holds more than
+ * max_cap bytes: a huge entry's scratch is not kept. */
+void buf_trim(mvcc_buf *b, size_t max_cap);
 int pb_varint(mvcc_buf *b, uint64_t v);
 int pb_tag(mvcc_buf *b, uint32_t field, uint32_t wire_type);
 /* Fields as proto3 writes them: zero / empty values are left out. */
@@ -178,7 +181,7 @@ struct mvcc {
     mvcc_buf rev_recs;
     range_rows rows;            /* rows read while applying */
     cur_cache cur;              /* see mvcc_cache.c */
-    rocksdb_iterator_t *entry_it; /* mvcc_view.entry_it of the entry being applied */
+    rocksdb_iterator_t *entry_it; /* see mvcc_view.entry_it */
     bool *path;                 /* compare outcomes of the txn being applied */
     size_t path_cap;
     /* Leases granted (ttl > 0) or revoked (ttl 0) by the entry being
@@ -255,10 +258,10 @@ typedef struct mvcc_view {
     rocksdb_writebatch_wi_t *wb;
     int64_t rev;          /* what revision 0 means: the view's current revision */
     int64_t compact_rev;
-    /* Set by mvcc_apply only: where the entry keeps its one "index"
-     * iterator on the store for live-record lookups that miss the cache
-     * (see view_current); mvcc_apply destroys it before the entry's write. */
-    rocksdb_iterator_t **entry_it;
+    /* Set by mvcc_apply only: live-record lookups that miss the cache seek
+     * the entry's one "index" iterator on the store, m->entry_it (see
+     * view_current); mvcc_apply destroys it before the entry's write. */
+    bool entry_it;
 } mvcc_view;
 
 /* ---- mvcc_lease.c: the "lease" and "lease_keys" column families ---- */

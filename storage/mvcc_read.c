@@ -198,12 +198,12 @@ static int view_current(mvcc_view *v, const uint8_t *key, size_t n, char **val, 
     if (buf_put(&start, before_newest, REVKEY_LEN))
         goto out;
     if (entry_it) {
-        if (!*v->entry_it)
-            *v->entry_it = rocksdb_create_iterator_cf(v->m->db, v->m->ro_prefix,
-                                                      v->m->cf[CF_INDEX]);
-        if (!*v->entry_it)
+        mvcc *m = v->m;
+        if (!m->entry_it)
+            m->entry_it = rocksdb_create_iterator_cf(m->db, m->ro_prefix, m->cf[CF_INDEX]);
+        if (!m->entry_it)
             goto out;
-        it = *v->entry_it;
+        it = m->entry_it;
     } else {
         ro = view_ro(v);
         if (!ro || idxkey_key_after(&after, key, n))
