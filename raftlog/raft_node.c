@@ -95,10 +95,15 @@ typedef struct node_cmd {
 
 typedef struct progress_item {
     uint64_t id, match;
-    uint64_t last_seen;  /* ms, now_ms(): when the leader last heard from it */
+    uint64_t last_seen;  /* ms, now_ms(): when the leader last heard from it (heard) */
     uint64_t last_reset; /* ms: when its connection was last reset (help_lagging_peers) */
     uint64_t match_moved; /* ms: when its match index last changed */
 } progress_item;
+
+/* When a message from member `id` last arrived (ms, now_ms()). */
+typedef struct heard_item {
+    uint64_t id, at;
+} heard_item;
 
 struct raft_node {
     raft_node_config cfg;
@@ -116,6 +121,13 @@ struct raft_node {
     uint64_t batch_deadline_us;
     peer_transport transport;
     struct raft_io io;
+    /* raft_uv's start and the receive callback c-raft gives it: start_io
+     * puts on_message between them, which notes when each member was last
+     * heard from before c-raft takes the message. */
+    int (*io_start)(struct raft_io *, unsigned, raft_io_tick_cb, raft_io_recv_cb);
+    raft_io_recv_cb raft_recv;
+    heard_item *heard; /* raft thread */
+    size_t n_heard, heard_cap;
     struct raft_fsm fsm;
     struct raft raft;
     pthread_t thread;
@@ -1037,6 +1049,51 @@ static void report_leadership(raft_node *n, int leading)
     }
 }
 
+/* When member id was last heard from (0: not since this member started). */
+static uint64_t heard_at(const raft_node *n, uint64_t id)
+{
+    for (size_t i = 0; i < n->n_heard; i++)
+        if (n->heard[i].id == id)
+            return n->heard[i].at;
+    return 0;
+}
+
+/* Every message c-raft receives passes here first. c-raft's own "recent
+ * contact" flag stays set until its next election-timeout check, so a
+ * member stopped just after a message would still count as heard for up
+ * to an election timeout; the time of arrival does not. */
+static void on_message(struct raft_io *io, struct raft_message *msg)
+{
+    raft_node *n = (raft_node *)((char *)io - offsetof(raft_node, io));
+    uint64_t now = now_ms();
+    size_t i = 0;
+    while (i < n->n_heard && n->heard[i].id != msg->server_id)
+        i++;
+    if (i < n->n_heard) {
+        n->heard[i].at = now;
+    } else if (config_find(&n->raft.configuration, msg->server_id)) {
+        /* only members: a stranger's messages cannot grow the list */
+        if (n->n_heard == n->heard_cap) {
+            size_t cap = n->heard_cap ? 2 * n->heard_cap : 8;
+            heard_item *h = realloc(n->heard, cap * sizeof *h);
+            if (h) {
+                n->heard = h;
+                n->heard_cap = cap;
+            }
+        }
+        if (n->n_heard < n->heard_cap) /* else it is not heard: refusals err safe */
+            n->heard[n->n_heard++] = (heard_item){msg->server_id, now};
+    }
+    n->raft_recv(io, msg);
+}
+
+static int start_io(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick, raft_io_recv_cb recv)
+{
+    raft_node *n = (raft_node *)((char *)io - offsetof(raft_node, io));
+    n->raft_recv = recv;
+    return n->io_start(io, msecs, tick, on_message);
+}
+
 static void publish_status(raft_node *n)
 {
     raft_id leader = 0;
@@ -1078,8 +1135,9 @@ static void publish_status(raft_node *n)
                     if (n->progress[j].match == match)
                         moved = n->progress[j].match_moved;
                 }
-            if (id == n->cfg.id || n->raft.leader_state.progress[i].recent_recv)
-                seen = now;
+            uint64_t heard = id == n->cfg.id ? now : heard_at(n, id);
+            if (heard > seen)
+                seen = heard;
             n->progress[i] = (progress_item){id, match, seen, reset, moved};
         }
         pthread_mutex_unlock(&n->mu);
@@ -1381,6 +1439,8 @@ int raft_node_start(const raft_node_config *cfg, raft_node **out, char **errmsg)
         return fail_start(errmsg, "raft log in %s: %s", n->dir, raft_strerror(rv));
     n->io.version = 2;
     n->io.async_work = io_async_work;
+    n->io_start = n->io.start;
+    n->io.start = start_io;
     n->fsm.version = 3;
     n->fsm.data = n;
     n->fsm.apply = fsm_apply;
@@ -1505,6 +1565,7 @@ void raft_node_stop(raft_node *n)
     free(n->read_remote.items);
     free(n->read_applied.items);
     free(n->progress);
+    free(n->heard);
     pthread_mutex_destroy(&n->mu);
     if (n->prefill_registered)
         segment_prefill_unregister(n->dir);

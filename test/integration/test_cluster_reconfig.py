@@ -32,7 +32,7 @@ def main():
         stopped.status()
         stopped.stop()
         alive = [m for m in cluster.members if m is not stopped]
-        time.sleep(2.5)              # past two election timeouts: the leader misses it
+        time.sleep(2.3)              # just past two election timeouts: the leader misses it
         spare = harness.free_port()
         res = cluster.etcdctl("member", "add", "x4", "--peer-urls=http://127.0.0.1:%d" % spare,
                               members=alive)
