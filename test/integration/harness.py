@@ -128,6 +128,23 @@ def register_process(proc):
     return proc
 
 
+def all_threads_stopped(pid):
+    """Every thread of process `pid` is in the stopped state (T) of /proc."""
+    try:
+        tids = os.listdir("/proc/%d/task" % pid)
+    except FileNotFoundError:
+        return True  # the process is gone
+    for tid in tids:
+        try:
+            with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                stat = f.read()
+        except FileNotFoundError:
+            continue  # that thread has exited
+        if stat[stat.rindex(")") + 2] not in "Tt":
+            return False
+    return True
+
+
 def stop_process(proc, timeout=STOP_TIMEOUT, sig=signal.SIGTERM):
     """Stops one process that this test started, by its PID; returns its exit
     status.  SIGKILL follows if it has not exited within `timeout`."""
@@ -866,6 +883,12 @@ class Member(Server):
         check(self.running() and not self.paused, "%s is not running, cannot SIGSTOP it" % self)
         os.kill(self.proc.pid, signal.SIGSTOP)
         self.paused = True
+        # kill() only queues the signal: wait until every thread has stopped,
+        # so that nothing the test sends afterwards can still be answered
+        deadline = time.monotonic() + 5
+        while not all_threads_stopped(self.proc.pid):
+            check(time.monotonic() < deadline, "%s: not stopped 5 s after SIGSTOP" % self)
+            time.sleep(0.001)
 
     def sigcont(self):
         if self.running():

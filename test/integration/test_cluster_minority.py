@@ -76,8 +76,8 @@ class Call(threading.Thread):
 
     def describe(self):
         if self.result[0] == "ok":
-            return "%s: success %s (%.1fs)" % (self.name, str(self.result[1]).replace("\n", " ")
-                                               [:200], self.seconds)
+            return "%s: success after %.1fs: %s" % (self.name, self.seconds,
+                                                   str(self.result[1]).replace("\n", " ")[:300])
         return "%s: %s %r (%.1fs)" % (self.name, self.result[0], self.result[1], self.seconds)
 
 
@@ -157,7 +157,7 @@ def cut_off(cluster, keep_leader, keys):
             expected = PUT_ERRORS
         else:
             expected = LINEARIZABLE_READ_ERRORS
-        check(call.result in expected, "%s on %s %s cut off from the majority: %s; expected one "
+        check(call.result[0] != "ok" and call.result in expected, "%s on %s %s cut off from the majority: %s; expected one "
               "of %s" % (call.name, label, alone.name, call.describe(), sorted("%s %r" % e for e in expected)))
     return puts, seen
 
