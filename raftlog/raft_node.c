@@ -95,7 +95,7 @@ typedef struct node_cmd {
 
 typedef struct progress_item {
     uint64_t id, match;
-    uint64_t last_seen;  /* ms, now_ms(): when the leader last heard from it (heard) */
+    uint64_t last_seen;  /* ms, now_ms(): when the leader last heard from it (on_message) */
     uint64_t last_reset; /* ms: when its connection was last reset (help_lagging_peers) */
     uint64_t match_moved; /* ms: when its match index last changed */
 } progress_item;
@@ -1049,13 +1049,19 @@ static void report_leadership(raft_node *n, int leading)
     }
 }
 
-/* When member id was last heard from (0: not since this member started). */
-static uint64_t heard_at(const raft_node *n, uint64_t id)
+static heard_item *heard_find(const raft_node *n, uint64_t id)
 {
     for (size_t i = 0; i < n->n_heard; i++)
         if (n->heard[i].id == id)
-            return n->heard[i].at;
-    return 0;
+            return &n->heard[i];
+    return NULL;
+}
+
+/* When member id was last heard from (0: not since this member started). */
+static uint64_t heard_at(const raft_node *n, uint64_t id)
+{
+    const heard_item *h = heard_find(n, id);
+    return h ? h->at : 0;
 }
 
 /* Every message c-raft receives passes here first. c-raft's own "recent
@@ -1066,11 +1072,9 @@ static void on_message(struct raft_io *io, struct raft_message *msg)
 {
     raft_node *n = (raft_node *)((char *)io - offsetof(raft_node, io));
     uint64_t now = now_ms();
-    size_t i = 0;
-    while (i < n->n_heard && n->heard[i].id != msg->server_id)
-        i++;
-    if (i < n->n_heard) {
-        n->heard[i].at = now;
+    heard_item *known = heard_find(n, msg->server_id);
+    if (known) {
+        known->at = now;
     } else if (config_find(&n->raft.configuration, msg->server_id)) {
         /* only members: a stranger's messages cannot grow the list */
         if (n->n_heard == n->heard_cap) {
