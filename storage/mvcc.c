@@ -205,6 +205,7 @@ static void tune_cf(mvcc *m, int i)
             o, rocksdb_slicetransform_create(NULL, index_prefix_free, index_prefix, index_prefix_domain,
                                              index_prefix_range, index_prefix_name));
         rocksdb_options_set_memtable_prefix_bloom_size_ratio(o, 0.02);
+        rocksdb_options_set_write_buffer_size(o, MVCC_INDEX_WRITE_BUFFER_BYTES);
         rocksdb_block_based_options_set_filter_policy(t, rocksdb_filterpolicy_create_bloom_full(10));
         rocksdb_block_based_options_set_whole_key_filtering(t, 0);
     }

@@ -2,6 +2,7 @@
  * prev_kv, ignore_value/ignore_lease, leases, ranges, historical reads,
  * limit/sort/filters/count. */
 #include "storage_test.h"
+#include "mvcc_internal.h"
 
 static void test_revisions_and_versions(void)
 {
@@ -233,6 +234,49 @@ static void test_absent_keys(void)
     ts_close(&t);
 }
 #undef K
+
+static int64_t cf_property(tstore *t, int cf, const char *name)
+{
+    char *s = rocksdb_property_value_cf(t->m->db, t->m->cf[cf], name);
+    CHECK(s != NULL);
+    int64_t v = strtoll(s, NULL, 10);
+    free(s);
+    return v;
+}
+
+/* "index" flushes its memtable at MVCC_INDEX_WRITE_BUFFER_BYTES, "rev" at
+ * RocksDB's 64 MiB: after half as much again as the former was written to
+ * each, "index" has SST files and holds less than that in memtables, and
+ * "rev" has none yet. */
+static void test_index_write_buffer(void)
+{
+    tstore t;
+    ts_open(&t);
+    static char val[4096];
+    memset(val, 'v', sizeof val - 1);
+    size_t n = MVCC_INDEX_WRITE_BUFFER_BYTES * 3 / 2 / (sizeof val - 1);
+    for (size_t i = 0; i < n; i++) {
+        char key[32];
+        snprintf(key, sizeof key, "wb/%06zu", i);
+        ts_put(&t, key, val);
+    }
+    int64_t sst = 0;
+    for (int i = 0; i < 1000 && sst == 0; i++) { /* flushes run in the background */
+        sst = cf_property(&t, CF_INDEX, "rocksdb.total-sst-files-size");
+        if (sst == 0)
+            usleep(10000);
+    }
+    CHECK(sst > 0);
+    CHECK(cf_property(&t, CF_INDEX, "rocksdb.cur-size-all-mem-tables") <
+          (int64_t)(n * (sizeof val - 1)));
+    CHECK_EQ_INT(cf_property(&t, CF_REV, "rocksdb.total-sst-files-size"), 0);
+    /* everything reads back, from SST files and memtables alike */
+    Etcdserverpb__RangeResponse *r = ts_range(&t, "wb/", "wb0", 0);
+    CHECK_EQ_INT(r->count, (int64_t)n);
+    CHECK_EQ_INT(r->kvs[n - 1]->value.len, sizeof val - 1);
+    etcdserverpb__range_response__free_unpacked(r, NULL);
+    ts_close(&t);
+}
 
 static void test_put_options(void)
 {
@@ -558,6 +602,7 @@ int main(void)
     test_historical();
     test_range_shapes();
     test_absent_keys();
+    test_index_write_buffer();
     test_put_options();
     test_leases();
     test_delete();
