@@ -422,7 +422,7 @@ int mvcc_range(mvcc *m, const Etcdserverpb__RangeRequest *req, const mvcc_header
     return rc;
 }
 
-static int64_t cf_prop(mvcc *m, int cf, const char *name)
+int64_t cf_prop(mvcc *m, int cf, const char *name)
 {
     char *s = rocksdb_property_value_cf(m->db, m->cf[cf], name);
     int64_t v = s ? strtoll(s, NULL, 10) : 0;

@@ -98,18 +98,15 @@ typedef struct range_rows {
 
 enum { CF_DEFAULT, CF_META, CF_REV, CF_INDEX, CF_CURRENT, CF_LEASE, CF_LEASE_KEYS, CF_COUNT };
 
+/* RocksDB's integer property `name` of family `cf` (0 if it has none). */
+int64_t cf_prop(mvcc *m, int cf, const char *name);
+
 /* The "index" family's memtable (RocksDB's default is 64 MiB). Its inserts
  * land at random places in the skip list, and each level of the search is
  * a cache miss once the list outgrows the CPU's caches; a quarter of the
- * size keeps it mostly cached. put at 256 clients over 100k keys, 30 s
- * runs, 7 interleaved pairs: server CPU per Put -1.1 to -6.5 us (median
- * -3.7, about 9%), puts/s +3 to +18% (median +9%); the raft thread -1.7
- * to -4.5 us, RocksDB's flushes and compactions +0.4 to +1.4 us. Over 1M
- * keys (60 s, 2 pairs) compactions take more (+1.5 to +2.4 us: each L0 ->
- * base-level compaction rewrites more of a bigger base level) and the
- * gain is -1.8 us, +6-8% puts/s. 8 MiB was no better (flushes and
- * compactions 3.4-3.7 us per Put), nor 16 MiB with compactions waiting for
- * 8 L0 files instead of 4 (more files for apply's lookups to check). */
+ * size keeps it mostly cached, for more flushes and compactions. Measured
+ * (-9% server CPU per Put at 100k keys, less over 1M) in
+ * docs/implementation-notes.md, "Session 17". */
 #define MVCC_INDEX_WRITE_BUFFER_BYTES ((size_t)16 << 20)
 
 /* ---- mvcc_cache.c: the apply thread's cache of live records ----

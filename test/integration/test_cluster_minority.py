@@ -157,8 +157,10 @@ def cut_off(cluster, keep_leader, keys):
             expected = PUT_ERRORS
         else:
             expected = LINEARIZABLE_READ_ERRORS
-        check(call.result[0] != "ok" and call.result in expected, "%s on %s %s cut off from the majority: %s; expected one "
-              "of %s" % (call.name, label, alone.name, call.describe(), sorted("%s %r" % e for e in expected)))
+        check(call.result[0] != "ok" and call.result in expected,
+              "%s on %s %s cut off from the majority: %s; expected one of %s"
+              % (call.name, label, alone.name, call.describe(),
+                 sorted("%s %r" % e for e in expected)))
     return puts, seen
 
 

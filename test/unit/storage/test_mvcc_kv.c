@@ -235,15 +235,6 @@ static void test_absent_keys(void)
 }
 #undef K
 
-static int64_t cf_property(tstore *t, int cf, const char *name)
-{
-    char *s = rocksdb_property_value_cf(t->m->db, t->m->cf[cf], name);
-    CHECK(s != NULL);
-    int64_t v = strtoll(s, NULL, 10);
-    free(s);
-    return v;
-}
-
 /* "index" flushes its memtable at MVCC_INDEX_WRITE_BUFFER_BYTES, "rev" at
  * RocksDB's 64 MiB: after half as much again as the former was written to
  * each, "index" has SST files and holds less than that in memtables, and
@@ -262,14 +253,14 @@ static void test_index_write_buffer(void)
     }
     int64_t sst = 0;
     for (int i = 0; i < 1000 && sst == 0; i++) { /* flushes run in the background */
-        sst = cf_property(&t, CF_INDEX, "rocksdb.total-sst-files-size");
+        sst = cf_prop(t.m, CF_INDEX, "rocksdb.total-sst-files-size");
         if (sst == 0)
             usleep(10000);
     }
     CHECK(sst > 0);
-    CHECK(cf_property(&t, CF_INDEX, "rocksdb.cur-size-all-mem-tables") <
+    CHECK(cf_prop(t.m, CF_INDEX, "rocksdb.cur-size-all-mem-tables") <
           (int64_t)(n * (sizeof val - 1)));
-    CHECK_EQ_INT(cf_property(&t, CF_REV, "rocksdb.total-sst-files-size"), 0);
+    CHECK_EQ_INT(cf_prop(t.m, CF_REV, "rocksdb.total-sst-files-size"), 0);
     /* everything reads back, from SST files and memtables alike */
     Etcdserverpb__RangeResponse *r = ts_range(&t, "wb/", "wb0", 0);
     CHECK_EQ_INT(r->count, (int64_t)n);
