@@ -1,6 +1,7 @@
 #include "rpc.h"
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,9 @@
 #define DEFAULT_BACKLOG 8
 #define GENERIC_BACKLOG 2
 #define STREAM_BACKLOG 4
+/* Replies up to this size (a Put's, a DeleteRange's without prev_kv) are
+ * copied into the call when another thread answers it; see reply_later. */
+#define RPC_SMALL_REPLY 64
 
 /* Every completion-queue tag starts with this: the queue thread calls fn. */
 typedef rpc_tag tag;
@@ -83,6 +87,11 @@ struct rpc_call {
     grpc_slice details;
     int have_details;
     grpc_byte_buffer *resp;
+    /* a small reply handed to the queue thread: its byte buffer is made
+     * there (reply_later), not by the thread that answered */
+    uint8_t small_resp[RPC_SMALL_REPLY];
+    uint8_t small_len;
+    bool small;
     void *data;
     gpr_timespec arrived;
     /* a reply waiting for its queue thread (reply_on_queue) */
@@ -139,8 +148,19 @@ static void on_finished(tag *t, int ok)
     call_free(c);
 }
 
+static void set_resp(rpc_call *c, const uint8_t *resp, size_t len)
+{
+    grpc_slice s = grpc_slice_from_copied_buffer((const char *)resp, len);
+    c->resp = grpc_raw_byte_buffer_create(&s, 1);
+    grpc_slice_unref(s);
+}
+
 static void send_reply(rpc_call *c, grpc_status_code code, const char *message)
 {
+    if (c->small) {
+        c->small = false;
+        set_resp(c, c->small_resp, c->small_len);
+    }
     grpc_op ops[4];
     memset(ops, 0, sizeof ops);
     size_t n = 0;
@@ -300,9 +320,16 @@ void rpc_reply(rpc_call *c, const uint8_t *resp, size_t len)
         call_free(c);
         return;
     }
-    grpc_slice s = grpc_slice_from_copied_buffer((const char *)resp, len);
-    c->resp = grpc_raw_byte_buffer_create(&s, 1);
-    grpc_slice_unref(s);
+    if (defer_replies && len <= RPC_SMALL_REPLY) {
+        /* the queue thread makes the byte buffer: its allocations are then
+         * freed by the thread that made them, and this one (the raft
+         * thread) has less to do */
+        memcpy(c->small_resp, resp, len);
+        c->small_len = (uint8_t)len;
+        c->small = true;
+    } else {
+        set_resp(c, resp, len);
+    }
     if (!reply_later(c, GRPC_STATUS_OK, NULL))
         send_reply(c, GRPC_STATUS_OK, NULL);
 }
