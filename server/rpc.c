@@ -324,7 +324,8 @@ void rpc_reply(rpc_call *c, const uint8_t *resp, size_t len)
         /* the queue thread makes the byte buffer: its allocations are then
          * freed by the thread that made them, and this one (the raft
          * thread) has less to do */
-        memcpy(c->small_resp, resp, len);
+        if (len) /* an empty reply may come as NULL */
+            memcpy(c->small_resp, resp, len);
         c->small_len = (uint8_t)len;
         c->small = true;
     } else {
