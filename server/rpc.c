@@ -36,6 +36,7 @@ typedef struct rpc_queue {
     grpc_completion_queue *cq;
     pthread_t thread;
     unsigned index;
+    bool streams; /* serves stream methods only (see rpc_server_create) */
     /* Replies handed over by other threads (rpc_defer_replies_here), sent
      * by this queue's thread: the first one posts `kick`, an empty batch
      * that completes at once on this queue. */
@@ -58,8 +59,9 @@ typedef struct registered_stream {
 
 struct rpc_server {
     grpc_server *server;
-    rpc_queue *queues;
+    rpc_queue *queues;    /* n_call_queues for unary calls, then the stream ones */
     unsigned n_queues;
+    unsigned n_call_queues;
     unsigned next_client_queue; /* atomic: rpc_server_client_queue */
     registered *methods;
     size_t n_methods;
@@ -821,8 +823,8 @@ static void post_stream(rpc_server *s, rpc_queue *q, registered_stream *m)
 
 static void *queue_main(void *arg)
 {
-    pthread_setname_np(pthread_self(), "rpc-cq");
     rpc_queue *q = arg;
+    pthread_setname_np(pthread_self(), q->streams ? "rpc-stream" : "rpc-cq");
     for (;;) {
         grpc_event ev = grpc_completion_queue_next(q->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
         if (ev.type == GRPC_QUEUE_SHUTDOWN)
@@ -841,9 +843,19 @@ rpc_server *rpc_server_create(const rpc_options *opt, const rpc_method *methods,
     rpc_server *s = calloc(1, sizeof *s);
     s->admit = opt->admit;
     s->admit_arg = opt->admit_arg;
-    s->n_queues = opt->threads ? opt->threads : (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
-    if (s->n_queues == 0)
-        s->n_queues = 1;
+    s->n_call_queues = opt->threads ? opt->threads : (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
+    if (s->n_call_queues == 0)
+        s->n_call_queues = 1;
+    /* Streams get queues of their own. A stream with a backlog keeps its
+     * queue busy: each send that completes starts the next, which usually
+     * completes at once, so the queue never empties. A thread calls into
+     * gRPC's poller only when its queue is empty, so on a queue shared with
+     * unary calls, new requests would sit unread in their sockets (seconds,
+     * with 1,000 watchers whose readers lag). The unary queues empty
+     * between requests and keep polling every socket. */
+    unsigned n_stream_queues = opt->stream_threads ? opt->stream_threads
+                                                   : (s->n_call_queues + 3) / 4;
+    s->n_queues = s->n_call_queues + n_stream_queues;
 
     grpc_arg args[] = {
         {GRPC_ARG_INTEGER, GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, {.integer = (int)opt->max_receive_bytes}},
@@ -863,6 +875,7 @@ rpc_server *rpc_server_create(const rpc_options *opt, const rpc_method *methods,
     for (unsigned i = 0; i < s->n_queues; i++) {
         s->queues[i].server = s;
         s->queues[i].index = i;
+        s->queues[i].streams = i >= s->n_call_queues;
         s->queues[i].cq = grpc_completion_queue_create_for_next(NULL);
         pthread_mutex_init(&s->queues[i].mu, NULL);
         pthread_cond_init(&s->queues[i].idle, NULL);
@@ -903,16 +916,20 @@ void rpc_server_start(rpc_server *s)
     grpc_server_start(s->server);
     for (unsigned i = 0; i < s->n_queues; i++) {
         rpc_queue *q = &s->queues[i];
-        for (size_t m = 0; m < s->n_methods; m++) {
-            unsigned backlog = s->methods[m].m.backlog ? s->methods[m].m.backlog : DEFAULT_BACKLOG;
-            for (unsigned k = 0; k < backlog; k++)
-                post_call(s, q, &s->methods[m]);
+        if (q->streams) {
+            for (size_t m = 0; m < s->n_streams; m++)
+                for (unsigned k = 0; k < STREAM_BACKLOG; k++)
+                    post_stream(s, q, &s->streams[m]);
+        } else {
+            for (size_t m = 0; m < s->n_methods; m++) {
+                unsigned backlog =
+                    s->methods[m].m.backlog ? s->methods[m].m.backlog : DEFAULT_BACKLOG;
+                for (unsigned k = 0; k < backlog; k++)
+                    post_call(s, q, &s->methods[m]);
+            }
+            for (unsigned k = 0; k < GENERIC_BACKLOG; k++)
+                post_generic(s, q);
         }
-        for (size_t m = 0; m < s->n_streams; m++)
-            for (unsigned k = 0; k < STREAM_BACKLOG; k++)
-                post_stream(s, q, &s->streams[m]);
-        for (unsigned k = 0; k < GENERIC_BACKLOG; k++)
-            post_generic(s, q);
         pthread_create(&q->thread, NULL, queue_main, q);
     }
 }
@@ -920,7 +937,7 @@ void rpc_server_start(rpc_server *s)
 grpc_completion_queue *rpc_server_client_queue(rpc_server *s)
 {
     unsigned i = __atomic_fetch_add(&s->next_client_queue, 1, __ATOMIC_RELAXED);
-    return s->queues[i % s->n_queues].cq;
+    return s->queues[i % s->n_call_queues].cq;
 }
 
 void rpc_server_begin_shutdown(rpc_server *s)

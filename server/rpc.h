@@ -32,11 +32,12 @@ typedef struct rpc_method {
 
 /* ---- bidirectional and server streams ----
  *
- * A stream method's handler gets callbacks on a completion-queue thread, one
- * at a time per stream: on_open once, on_message for each client message,
- * on_recv_end when the client will send no more, and on_done once when the
- * call has ended (finished by the server, cancelled or broken by the
- * client). After on_done no callback follows; the handler must then call
+ * A stream method's handler gets callbacks on a completion-queue thread of
+ * the streams' own (never one of the unary calls'), one at a time per
+ * stream: on_open once, on_message for each client message, on_recv_end
+ * when the client will send no more, and on_done once when the call has
+ * ended (finished by the server, cancelled or broken by the client). After
+ * on_done no callback follows; the handler must then call
  * rpc_stream_release() once, when it holds no more references. */
 typedef struct rpc_stream rpc_stream;
 
@@ -73,7 +74,8 @@ typedef struct rpc_stream_method {
 typedef struct rpc_options {
     const char *const *listen;   /* "host:port" addresses */
     size_t n_listen;
-    unsigned threads;            /* completion-queue threads (0: one per core) */
+    unsigned threads;            /* unary calls' completion-queue threads (0: one per core) */
+    unsigned stream_threads;     /* streams' completion-queue threads (0: one per 4 of those) */
     size_t max_receive_bytes;    /* gRPC's receive limit */
     /* Called before every unary handler with the method's path and the
      * request: returns 0 to let the call through, or non-zero after
@@ -131,8 +133,9 @@ void *rpc_call_data(rpc_call *call);
  * Every tag on a queue of the server starts with an rpc_tag: the queue's
  * thread calls fn(tag, ok). Calls this process makes to other members may
  * complete on these queues too (rpc_server_client_queue picks one, round
- * robin): their completions then run on the server's queue threads, which
- * poll gRPC's sockets anyway, with no thread of their own to wake. The
+ * robin, among the unary calls' queues): their completions then run on the
+ * server's queue threads, which poll gRPC's sockets anyway, with no thread
+ * of their own to wake. The
  * queues last until rpc_server_finish_shutdown. */
 typedef struct rpc_tag {
     void (*fn)(struct rpc_tag *t, int ok);
