@@ -305,9 +305,7 @@ void peer_client_call(peer_client *pc, const char *target, const char *method, c
     c->details = grpc_empty_slice();
     grpc_metadata_array_init(&c->md_initial);
     grpc_metadata_array_init(&c->md_trailing);
-    grpc_slice s = grpc_slice_from_copied_buffer((const char *)req, len);
-    c->send = grpc_raw_byte_buffer_create(&s, 1);
-    grpc_slice_unref(s);
+    c->send = rpc_byte_buffer(req, len);
 
     c->t.fn = pcall_done;
     c->pc = pc;
@@ -394,9 +392,7 @@ grpc_status_code peer_client_read_stream(peer_client *pc, const char *target, co
     grpc_metadata_array md_initial, md_trailing;
     grpc_metadata_array_init(&md_initial);
     grpc_metadata_array_init(&md_trailing);
-    grpc_slice s = grpc_slice_from_copied_buffer((const char *)req, len);
-    grpc_byte_buffer *send = grpc_raw_byte_buffer_create(&s, 1);
-    grpc_slice_unref(s);
+    grpc_byte_buffer *send = rpc_byte_buffer(req, len);
 
     grpc_op ops[4];
     memset(ops, 0, sizeof ops);

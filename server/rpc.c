@@ -150,11 +150,17 @@ static void on_finished(tag *t, int ok)
     call_free(c);
 }
 
+grpc_byte_buffer *rpc_byte_buffer(const uint8_t *data, size_t len)
+{
+    grpc_slice s = grpc_slice_from_copied_buffer((const char *)data, len);
+    grpc_byte_buffer *b = grpc_raw_byte_buffer_create(&s, 1);
+    grpc_slice_unref(s);
+    return b;
+}
+
 static void set_resp(rpc_call *c, const uint8_t *resp, size_t len)
 {
-    grpc_slice s = grpc_slice_from_copied_buffer((const char *)resp, len);
-    c->resp = grpc_raw_byte_buffer_create(&s, 1);
-    grpc_slice_unref(s);
+    c->resp = rpc_byte_buffer(resp, len);
 }
 
 static void send_reply(rpc_call *c, grpc_status_code code, const char *message)
@@ -646,9 +652,7 @@ int rpc_stream_send(rpc_stream *st, const uint8_t *msg, size_t len)
     out_msg *m = malloc(sizeof *m);
     if (!m)
         return -1;
-    grpc_slice slice = grpc_slice_from_copied_buffer((const char *)msg, len);
-    m->buf = grpc_raw_byte_buffer_create(&slice, 1);
-    grpc_slice_unref(slice);
+    m->buf = rpc_byte_buffer(msg, len);
     m->len = len;
     m->next = NULL;
     pthread_mutex_lock(&st->mu);

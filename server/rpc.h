@@ -98,6 +98,10 @@ void rpc_server_begin_shutdown(rpc_server *s);
 void rpc_server_finish_shutdown(rpc_server *s);
 void rpc_server_destroy(rpc_server *s);
 
+/* A gRPC message holding a copy of `len` bytes at `data` (NULL when len is
+ * 0), for a send op; the batch's owner destroys it. */
+grpc_byte_buffer *rpc_byte_buffer(const uint8_t *data, size_t len);
+
 /* Sends the response message (len bytes, copied) with status OK. */
 void rpc_reply(rpc_call *call, const uint8_t *resp, size_t len);
 /* Sends a failure status with etcd's message. */
