@@ -76,7 +76,7 @@ def main():
 
     # Ballast's CPU by thread: each run's groups account for its server CPU,
     # and the table gives each group's median per op
-    groups = ["rpc-cq", "raft", "rocksdb", "watch-hub", "other"]
+    groups = ["rpc-cq", "rpc-stream", "raft", "rocksdb", "watch-hub", "other"]
     per_op = {g: [] for g in groups}
     for r in runs:
         if r["server"] != "ballast":

@@ -33,8 +33,8 @@ Environment: BALLAST_WATCH_SCALE_WATCHERS (1000), _STREAMS (100), _PUTS (10000
 per kind of block), _BLOCKS (10 per kind), _PROCS (2 consumer processes),
 _INFLIGHT (64), _ATTEMPTS (3), _BUDGET (480).  One attempt with the defaults
 takes ~30-50 s against etcd (which sends a lagging watcher its events in
-batches) and ~2-3 min against Ballast, which sends every event in a response
-of its own (20 million responses for the consumers to parse).
+batches) and ~2 min against Ballast, which sends most events in a response
+of their own (~16 million responses for the consumers to parse).
 """
 
 import os
