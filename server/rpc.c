@@ -841,6 +841,18 @@ static void *queue_main(void *arg)
     return NULL;
 }
 
+/* A streams' queue does not poll: its thread only runs its own calls'
+ * completions and the unary calls' threads, whose queues do poll, do every
+ * socket's I/O (the poller's epoll set holds every socket). As a third
+ * poller on two cores, it took part in the unary calls' I/O, and the
+ * range-ceiling read fell from ~70k to ~42k/s. */
+static grpc_completion_queue *stream_queue_create(void)
+{
+    grpc_completion_queue_attributes attr = {GRPC_CQ_CURRENT_VERSION, GRPC_CQ_NEXT,
+                                             GRPC_CQ_NON_POLLING, NULL};
+    return grpc_completion_queue_create(grpc_completion_queue_factory_lookup(&attr), &attr, NULL);
+}
+
 rpc_server *rpc_server_create(const rpc_options *opt, const rpc_method *methods, size_t n_methods,
                               const rpc_stream_method *streams, size_t n_streams, char **errmsg)
 {
@@ -880,7 +892,8 @@ rpc_server *rpc_server_create(const rpc_options *opt, const rpc_method *methods,
         s->queues[i].server = s;
         s->queues[i].index = i;
         s->queues[i].streams = i >= s->n_call_queues;
-        s->queues[i].cq = grpc_completion_queue_create_for_next(NULL);
+        s->queues[i].cq = s->queues[i].streams ? stream_queue_create()
+                                               : grpc_completion_queue_create_for_next(NULL);
         pthread_mutex_init(&s->queues[i].mu, NULL);
         pthread_cond_init(&s->queues[i].idle, NULL);
         s->queues[i].kick.fn = on_kick;
