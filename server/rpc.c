@@ -845,7 +845,7 @@ static void *queue_main(void *arg)
  * completions and the unary calls' threads, whose queues do poll, do every
  * socket's I/O (the poller's epoll set holds every socket). As a third
  * poller on two cores, it took part in the unary calls' I/O, and the
- * range-ceiling read fell from ~70k to ~42k/s. */
+ * range-ceiling read fell to 41-51k/s from 64-76k (interleaved runs). */
 static grpc_completion_queue *stream_queue_create(void)
 {
     grpc_completion_queue_attributes attr = {GRPC_CQ_CURRENT_VERSION, GRPC_CQ_NEXT,
@@ -869,9 +869,7 @@ rpc_server *rpc_server_create(const rpc_options *opt, const rpc_method *methods,
      * unary calls, new requests would sit unread in their sockets (seconds,
      * with 1,000 watchers whose readers lag). The unary queues empty
      * between requests and keep polling every socket. */
-    unsigned n_stream_queues = opt->stream_threads ? opt->stream_threads
-                                                   : (s->n_call_queues + 3) / 4;
-    s->n_queues = s->n_call_queues + n_stream_queues;
+    s->n_queues = s->n_call_queues + (s->n_call_queues + 3) / 4;
 
     grpc_arg args[] = {
         {GRPC_ARG_INTEGER, GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, {.integer = (int)opt->max_receive_bytes}},

@@ -74,8 +74,9 @@ typedef struct rpc_stream_method {
 typedef struct rpc_options {
     const char *const *listen;   /* "host:port" addresses */
     size_t n_listen;
-    unsigned threads;            /* unary calls' completion-queue threads (0: one per core) */
-    unsigned stream_threads;     /* streams' completion-queue threads (0: one per 4 of those) */
+    /* unary calls' completion-queue threads (0: one per core); streams get
+     * one of their own per four of these */
+    unsigned threads;
     size_t max_receive_bytes;    /* gRPC's receive limit */
     /* Called before every unary handler with the method's path and the
      * request: returns 0 to let the call through, or non-zero after
@@ -139,8 +140,7 @@ void *rpc_call_data(rpc_call *call);
  * complete on these queues too (rpc_server_client_queue picks one, round
  * robin, among the unary calls' queues): their completions then run on the
  * server's queue threads, which poll gRPC's sockets anyway, with no thread
- * of their own to wake. The
- * queues last until rpc_server_finish_shutdown. */
+ * of their own to wake. The queues last until rpc_server_finish_shutdown. */
 typedef struct rpc_tag {
     void (*fn)(struct rpc_tag *t, int ok);
 } rpc_tag;
