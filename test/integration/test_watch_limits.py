@@ -166,7 +166,7 @@ def never_reading_stream(server):
         channel = server.new_channel()
         try:
             items = [(STALLED_KEY, (b"%06d-" % i).ljust(256, b"x")) for i in range(STALLED_PUTS)]
-            seconds, _ = watch_load.put_load(channel, items, 64, timeout=TIMEOUT)
+            seconds, _, _ = watch_load.put_load(channel, items, 64, timeout=TIMEOUT)
         finally:
             channel.close()
         check(seconds < TIMEOUT, "%d Puts watched by a stream that never reads took %.0fs"

@@ -89,7 +89,7 @@ def write_phase(channel, phase, history):
     """PUTS puts of `phase`; appends (revision, key, phase, index) to history."""
     items = [(key(i), value(phase, i)) for i in range(PUTS)]
     try:
-        seconds, revisions = watch_load.put_load(channel, items, inflight=8, timeout=60)
+        seconds, revisions, _ = watch_load.put_load(channel, items, inflight=8, timeout=60)
     except Exception as exc:
         raise harness.TestFailure("%s: a put failed: %s" % (phase.decode(),
                                                             watch_load.rpc_error_text(exc)))

@@ -29,12 +29,21 @@ measurement is repeated (at most 3 attempts, none started past a budget of
 480 s) until one attempt reaches 90%.  A server whose apply or writers wait for
 a stalled reader stays far below in every attempt.
 
+Every put of every block must also be answered within 2 s (SLOWEST_PUT_MS,
+times BALLAST_TEST_TIME_SCALE), checked at once and not retried: the watchers'
+sends must not keep the server from reading the writer's requests.  Measured
+on the 2-core machine: the slowest put of a block takes 23-53 ms (etcd
+3.4.23: 108-270 ms); with the watch streams on the unary calls' completion
+queues (before baf984d), whose send completions kept those queues' threads
+from polling the sockets, it took 0.1-9.2 s, over 2 s in 4 of 20 blocks.
+
 Environment: BALLAST_WATCH_SCALE_WATCHERS (1000), _STREAMS (100), _PUTS (10000
 per kind of block), _BLOCKS (10 per kind), _PROCS (2 consumer processes),
-_INFLIGHT (64), _ATTEMPTS (3), _BUDGET (480).  One attempt with the defaults
-takes ~30-50 s against etcd (which sends a lagging watcher its events in
-batches) and ~2 min against Ballast, which sends most events in a response
-of their own (~16 million responses for the consumers to parse).
+_INFLIGHT (64), _ATTEMPTS (3), _BUDGET (480), _SLOWEST_PUT_MS (2000).  One
+attempt with the defaults takes ~30-50 s against etcd (which sends a lagging
+watcher its events in batches) and ~2 min against Ballast, which sends most
+events in a response of their own (~16 million responses for the consumers to
+parse).
 """
 
 import os
@@ -64,6 +73,8 @@ INFLIGHT = env_int("INFLIGHT", 64)
 BLOCKS = env_int("BLOCKS", 10)
 ATTEMPTS = env_int("ATTEMPTS", 3)
 BUDGET = env_int("BUDGET", 480)       # seconds: no new attempt past it
+# seconds any one put may take (scaled for a sanitizer build that is 5-15x slower)
+SLOWEST_PUT = env_int("SLOWEST_PUT_MS", 2000) / 1000 * harness.TIME_SCALE
 PER_STREAM = max(1, WATCHERS // STREAMS)
 # a block's events must reach every watcher within this (seconds)
 DELIVERY_TIMEOUT = max(60, PUTS * WATCHERS // 50000)
@@ -72,7 +83,7 @@ DELIVERY_TIMEOUT = max(60, PUTS * WATCHERS // 50000)
 def put_block(channel, name, count):
     items = [(KEY, (b"%06d-" % i).ljust(VALUE_SIZE, b"x")) for i in range(count)]
     try:
-        seconds, revisions = watch_load.put_load(channel, items, INFLIGHT)
+        seconds, revisions, slowest = watch_load.put_load(channel, items, INFLIGHT)
         revisions.sort()
     except Exception as exc:
         raise harness.TestFailure("%s: a put failed: %s" % (
@@ -80,7 +91,10 @@ def put_block(channel, name, count):
     check(revisions == list(range(revisions[0], revisions[0] + count)),
           "%s: the %d puts did not get consecutive revisions (%d..%d)"
           % (name, count, revisions[0], revisions[-1]))
-    return seconds, revisions[0], revisions[-1]
+    check(slowest <= SLOWEST_PUT,
+          "%s: a put took %.2fs (at most %.1fs allowed): the watchers' sends kept the server "
+          "from the writer's requests" % (name, slowest, SLOWEST_PUT))
+    return seconds, revisions[0], revisions[-1], slowest
 
 
 def check_summary(result, watchers, last_rev, what):
@@ -147,16 +161,18 @@ def measure(server, consumers, writer, pattern, block_puts, last, attempt):
             elif kind == "A" and stalled is not None:
                 resume_stalled(*stalled, last)
                 stalled = None
-            elapsed, _, last = put_block(writer, name, block_puts)
+            elapsed, _, last, slowest = put_block(writer, name, block_puts)
             seconds[kind] += elapsed
             started = time.monotonic()
             result = consumers.wait_target(last, DELIVERY_TIMEOUT)
             check_summary(result, consumers.watchers, last, name)
-            harness.log("%s (%s): %d puts in %.2fs = %.0f puts/s; every watcher had them "
-                        "%.1fs later (%d events in %d responses so far)" % (
+            harness.log("%s (%s): %d puts in %.2fs = %.0f puts/s, the slowest in %.0f ms; "
+                        "every watcher had them %.1fs later (%d events in %d responses so "
+                        "far)" % (
                             name, "with a stalled stream" if kind == "B" else
                             "no stalled stream", block_puts, elapsed, block_puts / elapsed,
-                            time.monotonic() - started, result["events"], result["messages"]))
+                            1000 * slowest, time.monotonic() - started, result["events"],
+                            result["messages"]))
         if stalled is not None:
             resume_stalled(*stalled, last)
             stalled = None

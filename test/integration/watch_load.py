@@ -275,20 +275,33 @@ class Consumers:
 
 def put_load(channel, items, inflight=64, timeout=60):
     """Puts every (key, value) of `items` keeping `inflight` Puts in flight on
-    `channel`; returns (seconds, the revision of each item's Put, in the order
-    of `items`: Puts in flight may be applied in any order)."""
+    `channel`; returns (seconds, the revision of each item's Put in the order
+    of `items` (Puts in flight may be applied in any order), the longest time
+    one Put took from its call to its reply, in seconds)."""
     stub = rpc_pb2_grpc.KVStub(channel)
     pending = collections.deque()
     revisions = []
+    slowest = 0.0
+
+    def reply(call):
+        # call = [future, sent, replied]: a callback notes the reply's arrival,
+        # which may be well before this thread takes the result of a Put
+        # queued behind others
+        nonlocal slowest
+        revisions.append(call[0].result().header.revision)
+        slowest = max(slowest, (call[2] or time.monotonic()) - call[1])
+
     started = time.monotonic()
     for key, value in items:
         if len(pending) >= inflight:
-            revisions.append(pending.popleft().result().header.revision)
-        pending.append(stub.Put.future(rpc_pb2.PutRequest(key=key, value=value),
-                                       timeout=timeout))
+            reply(pending.popleft())
+        call = [None, time.monotonic(), None]
+        call[0] = stub.Put.future(rpc_pb2.PutRequest(key=key, value=value), timeout=timeout)
+        call[0].add_done_callback(lambda _, c=call: c.__setitem__(2, time.monotonic()))
+        pending.append(call)
     while pending:
-        revisions.append(pending.popleft().result().header.revision)
-    return time.monotonic() - started, revisions
+        reply(pending.popleft())
+    return time.monotonic() - started, revisions, slowest
 
 
 def rpc_error_text(exc):
