@@ -850,13 +850,19 @@ static grpc_completion_queue *stream_queue_create(void)
 {
     grpc_completion_queue_attributes attr = {GRPC_CQ_CURRENT_VERSION, GRPC_CQ_NEXT,
                                              GRPC_CQ_NON_POLLING, NULL};
-    return grpc_completion_queue_create(grpc_completion_queue_factory_lookup(&attr), &attr, NULL);
+    /* NULL, says grpc.h, when no factory offers such a queue */
+    const grpc_completion_queue_factory *f = grpc_completion_queue_factory_lookup(&attr);
+    return f ? grpc_completion_queue_create(f, &attr, NULL) : NULL;
 }
 
 rpc_server *rpc_server_create(const rpc_options *opt, const rpc_method *methods, size_t n_methods,
                               const rpc_stream_method *streams, size_t n_streams, char **errmsg)
 {
     rpc_server *s = calloc(1, sizeof *s);
+    if (!s) {
+        *errmsg = strdup("out of memory");
+        return NULL;
+    }
     s->admit = opt->admit;
     s->admit_arg = opt->admit_arg;
     s->n_call_queues = opt->threads ? opt->threads : (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
@@ -886,25 +892,37 @@ rpc_server *rpc_server_create(const rpc_options *opt, const rpc_method *methods,
     s->server = grpc_server_create(&ch, NULL);
 
     s->queues = calloc(s->n_queues, sizeof *s->queues);
+    s->methods = calloc(n_methods ? n_methods : 1, sizeof *s->methods);
+    s->streams = calloc(n_streams ? n_streams : 1, sizeof *s->streams);
+    if (!s->server || !s->queues || !s->methods || !s->streams) {
+        *errmsg = strdup("cannot create the gRPC server (out of memory?)");
+        rpc_server_destroy(s);
+        return NULL;
+    }
     for (unsigned i = 0; i < s->n_queues; i++) {
         s->queues[i].server = s;
         s->queues[i].index = i;
         s->queues[i].streams = i >= s->n_call_queues;
         s->queues[i].cq = s->queues[i].streams ? stream_queue_create()
                                                : grpc_completion_queue_create_for_next(NULL);
+        if (!s->queues[i].cq) {
+            *errmsg = strdup(s->queues[i].streams
+                                 ? "gRPC offers no non-polling completion queue for streams"
+                                 : "cannot create a gRPC completion queue");
+            rpc_server_destroy(s);
+            return NULL;
+        }
         pthread_mutex_init(&s->queues[i].mu, NULL);
         pthread_cond_init(&s->queues[i].idle, NULL);
         s->queues[i].kick.fn = on_kick;
         grpc_server_register_completion_queue(s->server, s->queues[i].cq, NULL);
     }
-    s->methods = calloc(n_methods, sizeof *s->methods);
     s->n_methods = n_methods;
     for (size_t i = 0; i < n_methods; i++) {
         s->methods[i].m = methods[i];
         s->methods[i].handle = grpc_server_register_method(
             s->server, methods[i].path, NULL, GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
     }
-    s->streams = calloc(n_streams ? n_streams : 1, sizeof *s->streams);
     s->n_streams = n_streams;
     for (size_t i = 0; i < n_streams; i++) {
         s->streams[i].m = streams[i];
@@ -988,10 +1006,11 @@ void rpc_server_destroy(rpc_server *s)
 {
     if (!s)
         return;
-    grpc_server_destroy(s->server);
-    for (unsigned i = 0; i < s->n_queues; i++)
+    if (s->server)
+        grpc_server_destroy(s->server);
+    /* queues past one that could not be created are still all zeros */
+    for (unsigned i = 0; s->queues && i < s->n_queues && s->queues[i].cq; i++) {
         grpc_completion_queue_destroy(s->queues[i].cq);
-    for (unsigned i = 0; i < s->n_queues; i++) {
         pthread_mutex_destroy(&s->queues[i].mu);
         pthread_cond_destroy(&s->queues[i].idle);
     }
