@@ -73,7 +73,7 @@ INFLIGHT = env_int("INFLIGHT", 64)
 BLOCKS = env_int("BLOCKS", 10)
 ATTEMPTS = env_int("ATTEMPTS", 3)
 BUDGET = env_int("BUDGET", 480)       # seconds: no new attempt past it
-# seconds any one put may take (scaled for a sanitizer build that is 5-15x slower)
+# seconds any one put may take (times the harness's TIME_SCALE, which --tsan raises)
 SLOWEST_PUT = env_int("SLOWEST_PUT_MS", 2000) / 1000 * harness.TIME_SCALE
 PER_STREAM = max(1, WATCHERS // STREAMS)
 # a block's events must reach every watcher within this (seconds)
