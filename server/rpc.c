@@ -855,14 +855,21 @@ static grpc_completion_queue *stream_queue_create(void)
     return f ? grpc_completion_queue_create(f, &attr, NULL) : NULL;
 }
 
+/* rpc_server_create's way out when something cannot be had: the reason in
+ * *errmsg, and what was built so far destroyed. */
+static rpc_server *create_failed(rpc_server *s, char **errmsg, const char *why)
+{
+    *errmsg = strdup(why);
+    rpc_server_destroy(s);
+    return NULL;
+}
+
 rpc_server *rpc_server_create(const rpc_options *opt, const rpc_method *methods, size_t n_methods,
                               const rpc_stream_method *streams, size_t n_streams, char **errmsg)
 {
     rpc_server *s = calloc(1, sizeof *s);
-    if (!s) {
-        *errmsg = strdup("out of memory");
-        return NULL;
-    }
+    if (!s)
+        return create_failed(NULL, errmsg, "out of memory");
     s->admit = opt->admit;
     s->admit_arg = opt->admit_arg;
     s->n_call_queues = opt->threads ? opt->threads : (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
@@ -894,24 +901,19 @@ rpc_server *rpc_server_create(const rpc_options *opt, const rpc_method *methods,
     s->queues = calloc(s->n_queues, sizeof *s->queues);
     s->methods = calloc(n_methods ? n_methods : 1, sizeof *s->methods);
     s->streams = calloc(n_streams ? n_streams : 1, sizeof *s->streams);
-    if (!s->server || !s->queues || !s->methods || !s->streams) {
-        *errmsg = strdup("cannot create the gRPC server (out of memory?)");
-        rpc_server_destroy(s);
-        return NULL;
-    }
+    if (!s->server || !s->queues || !s->methods || !s->streams)
+        return create_failed(s, errmsg, "cannot create the gRPC server (out of memory?)");
     for (unsigned i = 0; i < s->n_queues; i++) {
         s->queues[i].server = s;
         s->queues[i].index = i;
         s->queues[i].streams = i >= s->n_call_queues;
         s->queues[i].cq = s->queues[i].streams ? stream_queue_create()
                                                : grpc_completion_queue_create_for_next(NULL);
-        if (!s->queues[i].cq) {
-            *errmsg = strdup(s->queues[i].streams
-                                 ? "gRPC offers no non-polling completion queue for streams"
-                                 : "cannot create a gRPC completion queue");
-            rpc_server_destroy(s);
-            return NULL;
-        }
+        if (!s->queues[i].cq)
+            return create_failed(s, errmsg,
+                                 s->queues[i].streams
+                                     ? "gRPC offers no non-polling completion queue for streams"
+                                     : "cannot create a gRPC completion queue");
         pthread_mutex_init(&s->queues[i].mu, NULL);
         pthread_cond_init(&s->queues[i].idle, NULL);
         s->queues[i].kick.fn = on_kick;
@@ -934,10 +936,8 @@ rpc_server *rpc_server_create(const rpc_options *opt, const rpc_method *methods,
         if (grpc_server_add_http2_port(s->server, opt->listen[i], creds) == 0) {
             char buf[512];
             snprintf(buf, sizeof buf, "cannot listen for clients on %s (address in use?)", opt->listen[i]);
-            *errmsg = strdup(buf);
             grpc_server_credentials_release(creds);
-            rpc_server_destroy(s);
-            return NULL;
+            return create_failed(s, errmsg, buf);
         }
     }
     grpc_server_credentials_release(creds);
