@@ -126,6 +126,15 @@ struct raft_node {
      * heard from before c-raft takes the message. */
     int (*io_start)(struct raft_io *, unsigned, raft_io_tick_cb, raft_io_recv_cb);
     raft_io_recv_cb raft_recv;
+    /* raft_uv's append and close: append_io and close_io wrap them so that
+     * a finished log write's callbacks (and with them commit and apply) run
+     * in the loop's check step, after raft_uv has started the next write
+     * (see append_io). Raft thread only. */
+    int (*io_append)(struct raft_io *, struct raft_io_append *, const struct raft_entry[], unsigned,
+                     raft_io_append_cb);
+    void (*io_close)(struct raft_io *, raft_io_close_cb);
+    struct append_wait *appends, *appends_tail; /* in the order given to raft_uv */
+    int io_closing;
     heard_item *heard; /* raft thread */
     size_t n_heard, heard_cap;
     struct raft_fsm fsm;
@@ -1098,6 +1107,90 @@ static int start_io(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick, ra
     return n->io_start(io, msecs, tick, on_message);
 }
 
+/* One log write c-raft asked for: its own callback and user data, kept
+ * while raft_uv holds the request with append_io's. */
+typedef struct append_wait {
+    struct append_wait *next;
+    raft_node *n;
+    struct raft_io_append *req;
+    raft_io_append_cb cb;
+    void *data;
+    int status;
+    int written;
+} append_wait;
+
+/* Hands c-raft the results of the writes raft_uv has finished, oldest
+ * first, as raft_uv would have. One still being written holds back those
+ * after it (raft_uv finishes them in order anyway). */
+static void fire_appends(raft_node *n)
+{
+    while (n->appends && n->appends->written) {
+        append_wait *w = n->appends;
+        n->appends = w->next;
+        if (!n->appends)
+            n->appends_tail = NULL;
+        struct raft_io_append *req = w->req;
+        raft_io_append_cb cb = w->cb;
+        int status = w->status;
+        req->data = w->data;
+        req->cb = cb;
+        free(w);
+        cb(req, status);
+    }
+}
+
+static void on_appended(struct raft_io_append *req, int status)
+{
+    append_wait *w = req->data;
+    w->written = 1;
+    w->status = status;
+    if (w->n->io_closing)
+        fire_appends(w->n);
+}
+
+/* raft_uv runs a finished write's callbacks, and with them c-raft's commit
+ * and the apply of the entries written, before it starts the next write,
+ * which holds whatever was appended meanwhile: the disk waited for apply
+ * and apply for the disk. Here raft_uv's callback only notes the write; it
+ * then starts the next one at once, and the check step that follows in the
+ * same loop iteration hands c-raft the results (on_check). c-raft sees a
+ * disk that answered a little later. */
+static int append_io(struct raft_io *io, struct raft_io_append *req, const struct raft_entry entries[],
+                     unsigned cnt, raft_io_append_cb cb)
+{
+    raft_node *n = (raft_node *)((char *)io - offsetof(raft_node, io));
+    if (n->io_closing)
+        return n->io_append(io, req, entries, cnt, cb);
+    append_wait *w = malloc(sizeof *w);
+    if (!w)
+        return RAFT_NOMEM;
+    *w = (append_wait){.n = n, .req = req, .cb = cb, .data = req->data};
+    req->data = w;
+    int rv = n->io_append(io, req, entries, cnt, on_appended);
+    if (rv != 0) {
+        req->data = w->data;
+        free(w);
+        return rv;
+    }
+    if (n->appends_tail)
+        n->appends_tail->next = w;
+    else
+        n->appends = w;
+    n->appends_tail = w;
+    return 0;
+}
+
+/* c-raft closes raft_uv when it closes: the writes already finished are
+ * answered first, and those raft_uv finishes (or cancels) while it closes
+ * at once. */
+static void close_io(struct raft_io *io, raft_io_close_cb cb)
+{
+    raft_node *n = (raft_node *)((char *)io - offsetof(raft_node, io));
+    n->io_closing = 1;
+    fire_appends(n);
+    n->io_close(io, cb);
+}
+
 static void publish_status(raft_node *n)
 {
     raft_id leader = 0;
@@ -1199,9 +1292,11 @@ static void on_wake(uv_async_t *h)
     publish_status(n);
 }
 
-static void on_check(uv_check_t *h)
+/* After the loop's I/O callbacks: c-raft learns of the log writes that
+ * finished (commit, apply), then what that changed goes out. */
+static void after_io(raft_node *n)
 {
-    raft_node *n = h->data;
+    fire_appends(n);
     release_applied(n);
     pump_batches(n);
     pump_reads(n);
@@ -1210,11 +1305,22 @@ static void on_check(uv_check_t *h)
     flush_answers(n);
 }
 
+static void on_check(uv_check_t *h)
+{
+    after_io(h->data);
+}
+
 /* Runs before the loop polls (and may wait): whatever timers and pending
- * callbacks answered goes out first. */
+ * callbacks answered goes out first, and a write that finished outside the
+ * poll step (raft_uv's error paths run from its thread pool's callbacks) is
+ * not left for the next wake-up. */
 static void on_prepare(uv_prepare_t *h)
 {
-    flush_answers(h->data);
+    raft_node *n = h->data;
+    if (n->appends && n->appends->written)
+        after_io(n);
+    else
+        flush_answers(n);
 }
 
 static void on_batch_timer(uv_poll_t *h, int status, int events)
@@ -1445,6 +1551,10 @@ int raft_node_start(const raft_node_config *cfg, raft_node **out, char **errmsg)
     n->io.async_work = io_async_work;
     n->io_start = n->io.start;
     n->io.start = start_io;
+    n->io_append = n->io.append;
+    n->io.append = append_io;
+    n->io_close = n->io.close;
+    n->io.close = close_io;
     n->fsm.version = 3;
     n->fsm.data = n;
     n->fsm.apply = fsm_apply;
