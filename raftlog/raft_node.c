@@ -1311,9 +1311,9 @@ static void on_check(uv_check_t *h)
 }
 
 /* Runs before the loop polls (and may wait): whatever timers and pending
- * callbacks answered goes out first, and a write that finished outside the
- * poll step (raft_uv's error paths run from its thread pool's callbacks) is
- * not left for the next wake-up. */
+ * callbacks answered goes out first, and a write noted after the last check
+ * step (by a callback of another step of the loop) is handed to c-raft
+ * before the loop can sleep on it. */
 static void on_prepare(uv_prepare_t *h)
 {
     raft_node *n = h->data;
