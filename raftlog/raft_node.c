@@ -134,7 +134,6 @@ struct raft_node {
                      raft_io_append_cb);
     void (*io_close)(struct raft_io *, raft_io_close_cb);
     struct append_wait *appends, *appends_tail; /* in the order given to raft_uv */
-    int io_closing;
     heard_item *heard; /* raft thread */
     size_t n_heard, heard_cap;
     struct raft_fsm fsm;
@@ -1144,7 +1143,7 @@ static void on_appended(struct raft_io_append *req, int status)
     append_wait *w = req->data;
     w->written = 1;
     w->status = status;
-    if (w->n->io_closing)
+    if (w->n->closing)
         fire_appends(w->n);
 }
 
@@ -1159,7 +1158,7 @@ static int append_io(struct raft_io *io, struct raft_io_append *req, const struc
                      unsigned cnt, raft_io_append_cb cb)
 {
     raft_node *n = (raft_node *)((char *)io - offsetof(raft_node, io));
-    if (n->io_closing)
+    if (n->closing)
         return n->io_append(io, req, entries, cnt, cb);
     append_wait *w = malloc(sizeof *w);
     if (!w)
@@ -1180,13 +1179,12 @@ static int append_io(struct raft_io *io, struct raft_io_append *req, const struc
     return 0;
 }
 
-/* c-raft closes raft_uv when it closes: the writes already finished are
- * answered first, and those raft_uv finishes (or cancels) while it closes
- * at once. */
+/* c-raft closes raft_uv when it closes (on_wake sets `closing` first): the
+ * writes already finished are answered first, and those raft_uv finishes
+ * (or cancels) while it closes at once. */
 static void close_io(struct raft_io *io, raft_io_close_cb cb)
 {
     raft_node *n = (raft_node *)((char *)io - offsetof(raft_node, io));
-    n->io_closing = 1;
     fire_appends(n);
     n->io_close(io, cb);
 }
