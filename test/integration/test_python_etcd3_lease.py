@@ -24,6 +24,13 @@ mismatch is there, this test gives the library's lock module a tenacity whose
 retry() adapts such a wait function (nothing else changes: the library's own
 txn, watch_once and retry logic run as shipped).
 
+The upper bounds of the expiry checks bind the candidate only.  On the
+reference a late expiry is logged, not counted: etcd 3.4's lessor looks for
+expired leases every 500 ms and, once it has handed a lease out for revoke,
+looks at it again only 3 s later, and on a loaded 2-core CI host its lock
+hand-over has been seen 9 s after a 2 s lease's grant.  The waits themselves
+are long enough (12 s) for such a late expiry still to be compared as data.
+
 Results are compared as plain data: lease IDs become <Ln> in order of
 creation on each server (explicit IDs stay), header ids are dropped, the
 remaining TTL may differ by 1 s, lease keys are sorted.  The timing checks
@@ -91,8 +98,9 @@ class Session:
     """One server's client, its lease IDs in order of creation, and the
     problems found by the absolute (timing) checks."""
 
-    def __init__(self, server):
+    def __init__(self, server, reference):
         self.server = server
+        self.reference = reference
         self.client = etcd3.client("127.0.0.1", server.client_port, timeout=10)
         self.leases = []           # server-chosen IDs in order of creation
         self.problems = []
@@ -104,6 +112,24 @@ class Session:
 
     def problem(self, text):
         self.problems.append(text)
+
+    def late(self, text):
+        """An upper timing bound missed: a problem on the candidate, a log
+        line on the reference (see the module's docstring)."""
+        if self.reference:
+            harness.log("%s (reference etcd): %s; not counted" % (self.server.kind, text))
+        else:
+            self.problem(text)
+
+    def window(self, what, took, low, high, waited):
+        """Check that `took` seconds (None: not within `waited` s) lies in
+        low..high."""
+        if took is None:
+            self.problem("%s: not within %.1f s (expected %.1f..%.1f s)" % (what, waited, low, high))
+        elif took < low:
+            self.problem("%s: %.2f s (expected %.1f..%.1f s)" % (what, took, low, high))
+        elif took > high:
+            self.late("%s: %.2f s (expected %.1f..%.1f s)" % (what, took, low, high))
 
     def plain(self, value):
         """A comparable form of what a call returned."""
@@ -161,6 +187,9 @@ def plain_error(exc):
     return ("error", type(exc).__name__, str(exc))
 
 
+EXPIRY_WAIT = 12     # seconds: how long the expiry steps wait for a lease to go
+
+
 def wait_gone(s, key, timeout):
     """Seconds until `key` is gone (polled every 50 ms), or None."""
     started = time.monotonic()
@@ -213,12 +242,10 @@ def expire_by_itself(s):
     s.client.put("short", "lived", lease=lease)
     time.sleep(1.0)
     present = s.client.get("short")[0]
-    gone = wait_gone(s, "short", 3.5)
+    gone = wait_gone(s, "short", EXPIRY_WAIT)
     if gone is not None:
         gone = time.monotonic() - granted
-    if gone is None or not 1.5 <= gone <= 3.5:
-        s.problem("a 2 s lease's key: gone %s after the grant (expected within 1.5..3.5 s)"
-                  % ("never (3.5 s)" if gone is None else "%.2f s" % gone))
+    s.window("from a 2 s lease's grant to its key's going", gone, 1.5, 3.5, EXPIRY_WAIT)
     harness.log("%s: a 2 s lease's key was gone %.2fs after the grant"
                 % (s.server.kind, gone or -1))
     info = s.client.get_lease_info(lease.id)
@@ -338,12 +365,10 @@ def lock_refreshed(s):
         last_refresh = time.monotonic()
     result.append(("refresh() answer", s.plain(responses)))
     result.append(("held after 3 s of refreshes", lock.is_acquired()))
-    gone = wait_gone(s, "/locks/refreshed", 4.0)
+    gone = wait_gone(s, "/locks/refreshed", EXPIRY_WAIT)
     if gone is not None:
         gone = time.monotonic() - last_refresh
-    if gone is None or not 1.5 <= gone <= 3.5:
-        s.problem("the ttl=2 lock's key: gone %s after the last refresh (expected 1.5..3.5 s)"
-                  % ("never (4 s)" if gone is None else "%.2f s" % gone))
+    s.window("from the ttl=2 lock's last refresh to its key's going", gone, 1.5, 3.5, EXPIRY_WAIT)
     result.append(("held once not refreshed", lock.is_acquired()))
     return result
 
@@ -356,12 +381,12 @@ def lock_expires(s):
     acquired_at = time.monotonic()
     s.learn(holder.lease.id)
     waiter = s.client.lock("expiring", ttl=10)
-    result.append(("waiter.acquire(timeout=10)", waiter.acquire(timeout=10)))
+    acquired = waiter.acquire(timeout=EXPIRY_WAIT)
+    result.append(("waiter.acquire(timeout=%d)" % EXPIRY_WAIT, acquired))
     took = time.monotonic() - acquired_at
     harness.log("%s: a ttl=2 lock was taken over %.2fs after its acquire" % (s.server.kind, took))
-    if not 1.5 <= took <= 4.5:
-        s.problem("a ttl=2 lock was taken over %.2f s after its acquire (expected 1.5..4.5 s)"
-                  % took)
+    s.window("from a ttl=2 lock's acquire to its take-over", took if acquired else None,
+             1.5, 4.5, EXPIRY_WAIT)
     result.append(("holder.is_acquired()", holder.is_acquired()))
     result.append(("waiter.is_acquired()", waiter.is_acquired()))
     result.append(("holder.release()", holder.release()))
@@ -384,8 +409,8 @@ LOCK_STEPS = [
 ]
 
 
-def run_all(server):
-    s = Session(server)
+def run_all(server, reference):
+    s = Session(server, reference)
     results = []
     try:
         for description, fn in LEASE_STEPS + LOCK_STEPS:
@@ -419,7 +444,7 @@ def main():
 
         def body(name, server):
             try:
-                outcome[name] = run_all(server)
+                outcome[name] = run_all(server, name == "etcd")
             except Exception as exc:
                 outcome[name] = exc
 
