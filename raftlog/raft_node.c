@@ -200,6 +200,7 @@ struct raft_node {
     uint64_t st_term, st_leader, st_commit, st_applied, st_last;
     int st_is_leader;
     int st_is_learner;
+    uint64_t st_leader_silent;
     int st_fast_reads; /* sole voter, leader and ready: reads need no barrier */
 
     /* What leader_change was last told, and for which term. */
@@ -863,12 +864,24 @@ static const struct raft_server *config_find(const struct raft_configuration *c,
     return NULL;
 }
 
+/* True when the store's member list names `id`. */
+static int member_listed(Ballastpb__Member **list, size_t cnt, uint64_t id)
+{
+    for (size_t j = 0; j < cnt; j++)
+        if (list[j]->id == id)
+            return 1;
+    return 0;
+}
+
 /* On the leader: makes c-raft's configuration follow the store's member
- * list (the record of MemberAdd/Remove/Promote), one change at a time: a
- * member missing from the configuration is added, then given its role
- * (voter, or standby for a learner: c-raft catches a new voter up before it
- * counts); a server no longer listed is removed — the leader itself hands
- * leadership over first. */
+ * list (the record of MemberAdd/Remove/Promote), one change at a time:
+ * first a server no longer listed is removed (a removed member is often a
+ * stopped one, and while it stays a voter the quorum still counts it);
+ * then a member missing from the configuration is added, then given its
+ * role (voter, or standby for a learner: c-raft catches a new voter up
+ * before it counts). The leader itself, when no longer listed, hands
+ * leadership over last, once the configuration it leaves behind names no
+ * other removed server. */
 static void reconcile_members(raft_node *n)
 {
     if (n->raft.state != RAFT_LEADER || n->change_in_flight || n->transfer_in_flight ||
@@ -884,6 +897,14 @@ static void reconcile_members(raft_node *n)
     const struct raft_configuration *c = &n->raft.configuration;
     int rv = 0, acted = 0;
     n->change.data = n;
+    for (unsigned i = 0; i < c->n && cnt > 0 && !acted; i++) {
+        uint64_t id = c->servers[i].id;
+        if (id == n->cfg.id || member_listed(list, cnt, id))
+            continue;
+        acted = 1;
+        logf_("info", "removing member %llx from the raft configuration", (unsigned long long)id);
+        rv = raft_remove(&n->raft, &n->change, id, change_cb);
+    }
     for (size_t i = 0; i < cnt && cnt > 0 && !acted; i++) {
         const Ballastpb__Member *m = list[i];
         const struct raft_server *srv = config_find(c, m->id);
@@ -915,21 +936,10 @@ static void reconcile_members(raft_node *n)
             acted = 1;
         }
     }
-    for (unsigned i = 0; i < c->n && cnt > 0 && !acted; i++) {
-        uint64_t id = c->servers[i].id;
-        int listed = 0;
-        for (size_t j = 0; j < cnt; j++)
-            listed |= list[j]->id == id;
-        if (listed)
-            continue;
+    if (cnt > 0 && !acted && !member_listed(list, cnt, n->cfg.id)) {
         acted = 1;
-        if (id == n->cfg.id) {
-            logf_("info", "this member was removed: handing leadership over");
-            start_transfer(n, 0, NULL);
-        } else {
-            logf_("info", "removing member %llx from the raft configuration", (unsigned long long)id);
-            rv = raft_remove(&n->raft, &n->change, id, change_cb);
-        }
+        logf_("info", "this member was removed: handing leadership over");
+        start_transfer(n, 0, NULL);
     }
     mvcc_members_free(list, cnt);
     if (!acted && cnt > 0) {
@@ -1206,6 +1216,12 @@ static void publish_status(raft_node *n)
     __atomic_store_n(&n->st_is_leader, is_leader, __ATOMIC_RELEASE);
     const struct raft_server *me = config_find(&n->raft.configuration, n->cfg.id);
     __atomic_store_n(&n->st_is_learner, me && me->role != RAFT_VOTER, __ATOMIC_RELEASE);
+    uint64_t silent = 0;
+    if (n->raft.state == RAFT_FOLLOWER && leader != 0) {
+        raft_time t = n->raft.io->time(n->raft.io);
+        silent = t > n->raft.election_timer_start ? t - n->raft.election_timer_start : 0;
+    }
+    publish(&n->st_leader_silent, silent);
     if (is_leader && n->raft.leader_state.progress) {
         pthread_mutex_lock(&n->mu);
         unsigned cnt = n->raft.configuration.n;
@@ -1756,6 +1772,7 @@ void raft_node_get_status(raft_node *n, raft_node_status *st)
     st->last_index = load(&n->st_last);
     st->is_leader = __atomic_load_n(&n->st_is_leader, __ATOMIC_ACQUIRE);
     st->is_learner = __atomic_load_n(&n->st_is_learner, __ATOMIC_ACQUIRE);
+    st->leader_silent_ms = load(&n->st_leader_silent);
 }
 
 uint64_t raft_node_term(raft_node *n)

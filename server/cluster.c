@@ -29,8 +29,8 @@
 
 #define TICK_MS 20 /* parked calls are retried this often */
 #define PUBLISH_RETRY_MS 1000
-/* How long a removed leader waits to hand leadership over before stopping. */
-#define REMOVED_LEADER_WAIT_MS 5000
+/* The longest a removed member keeps running (see check_self). */
+#define REMOVED_WAIT_MS 5000
 #define KV_COMPACT "/etcdserverpb.KV/Compact"
 
 static const char ERR_TIMEOUT[] = "etcdserver: request timed out";
@@ -95,6 +95,7 @@ struct cluster_state {
     unsigned no_leader_checks;
     int seen_self;
     uint64_t removed_at_ms;
+    int removed_saw_leader; /* since its removal, another member led */
     int removed;
 };
 
@@ -799,12 +800,25 @@ static void check_self(ballast_server *b, const raft_node_status *st, Ballastpb_
         if (members[i]->id == b->member_id)
             me = members[i];
     if (!me) {
-        /* A removed leader first hands leadership over (its raft node does
-         * that), so that the others can take it out of the configuration. */
+        /* A removed member keeps running until the leader has taken it out
+         * of c-raft's configuration: a removed leader first hands
+         * leadership over (its raft node does that), and until the new
+         * leader has appended its change, its configuration still counts
+         * this member (with two voters, a new leader that hears from only
+         * itself for an election timeout steps down). The leader stops
+         * sending to a member it has taken out, so this member stops once
+         * the leader it follows has been silent for three heartbeats, or,
+         * following none, once another member has led since the removal;
+         * at the latest after REMOVED_WAIT_MS. */
         if (c->seen_self && n_members > 0 && !c->removed) {
             if (!c->removed_at_ms)
                 c->removed_at_ms = now;
-            if (st->is_leader && now - c->removed_at_ms < REMOVED_LEADER_WAIT_MS)
+            if (!st->is_leader && st->leader_id && st->leader_id != b->member_id)
+                c->removed_saw_leader = 1;
+            uint64_t silent_limit = 3 * (uint64_t)b->cfg->heartbeat_interval_ms;
+            int let_go = !st->is_leader && c->removed_saw_leader &&
+                         (st->leader_id == 0 || st->leader_silent_ms >= silent_limit);
+            if (!let_go && now - c->removed_at_ms < REMOVED_WAIT_MS)
                 return;
             c->removed = 1;
             fprintf(stderr, "ballast info: the member has been permanently removed from the cluster; stopping\n");
