@@ -134,6 +134,13 @@ struct raft_node {
                      raft_io_append_cb);
     void (*io_close)(struct raft_io *, raft_io_close_cb);
     struct append_wait *appends, *appends_tail; /* in the order given to raft_uv */
+    /* A follower's entries that c-raft applied while fire_appends handed it
+     * the finished writes: the store applies them once the loop has
+     * returned, after c-raft has sent its acknowledgements (see
+     * fire_appends). Raft thread only. */
+    struct deferred_entry *deferred;
+    size_t n_deferred, deferred_cap;
+    int deferring;
     heard_item *heard; /* raft thread */
     size_t n_heard, heard_cap;
     struct raft_fsm fsm;
@@ -296,12 +303,25 @@ static void expire_reads(raft_node *n, ctx_list *l, uint64_t now, const char *me
     l->len = keep;
 }
 
+typedef struct deferred_entry {
+    uint64_t index;
+    const void *base; /* c-raft's log holds the entry (see fire_appends) */
+    size_t len;
+} deferred_entry;
+
+/* The index the store has applied through: c-raft's, less the entries
+ * whose apply is deferred. */
+static uint64_t applied_index(raft_node *n)
+{
+    return n->n_deferred ? n->deferred[0].index - 1 : raft_last_applied(&n->raft);
+}
+
 /* Answers the reads waiting for an index that is now applied. */
 static void release_applied(raft_node *n)
 {
     if (n->read_applied.len == 0)
         return;
-    uint64_t applied = raft_last_applied(&n->raft);
+    uint64_t applied = applied_index(n);
     size_t keep = 0;
     for (size_t i = 0; i < n->read_applied.len; i++) {
         read_item it = n->read_applied.items[i];
@@ -414,16 +434,15 @@ static void expire_orphans(raft_node *n, uint64_t now)
     n->orphans_tail = last;
 }
 
-static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void **result)
+/* Applies the raft entry at `index` to the store. */
+static int apply_entry(raft_node *n, uint64_t index, const void *base, size_t len)
 {
-    raft_node *n = fsm->data;
-    uint64_t index = raft_last_applied(&n->raft) + 1;
     entry_decoded d;
     entry_arena_reset(&n->arena);
-    if (entry_decode(buf->base, buf->len, &n->arena, &d) != 0) {
+    if (entry_decode(base, len, &n->arena, &d) != 0) {
         /* Never skip an entry: the state would silently diverge. */
         logf_("FATAL", "raft entry %llu (%zu bytes) cannot be decoded; stopping apply",
-              (unsigned long long)index, buf->len);
+              (unsigned long long)index, len);
         fflush(stderr);
         _exit(1);
     }
@@ -446,17 +465,60 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
     }
     n->cur.results = n->results;
     n->cur.n = d.n_ops;
-    *result = &n->cur;
     /* mean entry size, for adapt_snapshot_threshold: an exponential
      * average with weight 1/64 */
-    n->entry_bytes_avg = n->entry_bytes_avg ? n->entry_bytes_avg - n->entry_bytes_avg / 64 +
-                                                  buf->len / 64
-                                            : buf->len;
+    n->entry_bytes_avg = n->entry_bytes_avg ? n->entry_bytes_avg - n->entry_bytes_avg / 64 + len / 64
+                                            : len;
     if (n->cfg.applied)
         n->cfg.applied(n->cfg.cb_arg, index);
     if (n->orphans)
         settle_orphans(n, index, &n->cur);
     return 0;
+}
+
+/* Applies the deferred entries, oldest first. */
+static void apply_deferred(raft_node *n)
+{
+    for (size_t i = 0; i < n->n_deferred; i++) {
+        const deferred_entry *e = &n->deferred[i];
+        if (apply_entry(n, e->index, e->base, e->len) != 0) {
+            logf_("FATAL", "out of memory applying raft entry %llu; stopping",
+                  (unsigned long long)e->index);
+            fflush(stderr);
+            _exit(1);
+        }
+    }
+    n->n_deferred = 0;
+}
+
+/* Notes a follower's entry to apply once fire_appends is done; -1 when it
+ * cannot (no memory: it is applied now). */
+static int defer_entry(raft_node *n, uint64_t index, const struct raft_buffer *buf)
+{
+    if (n->n_deferred == n->deferred_cap) {
+        size_t cap = n->deferred_cap ? 2 * n->deferred_cap : 16;
+        deferred_entry *d = realloc(n->deferred, cap * sizeof *d);
+        if (!d)
+            return -1;
+        n->deferred = d;
+        n->deferred_cap = cap;
+    }
+    n->deferred[n->n_deferred++] = (deferred_entry){index, buf->base, buf->len};
+    return 0;
+}
+
+static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void **result)
+{
+    raft_node *n = fsm->data;
+    uint64_t index = raft_last_applied(&n->raft) + 1;
+    if (n->deferring && n->raft.state == RAFT_FOLLOWER && defer_entry(n, index, buf) == 0) {
+        *result = NULL; /* a follower has no request waiting for it */
+        return 0;
+    }
+    apply_deferred(n);
+    int rv = apply_entry(n, index, buf->base, buf->len);
+    *result = &n->cur;
+    return rv;
 }
 
 /* A raft snapshot is the store's applied index (the store itself is the
@@ -468,7 +530,9 @@ static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsign
 {
     raft_node *n = fsm->data;
     /* The store is the snapshot; fsm_snapshot_async makes it durable before
-     * c-raft records the snapshot and drops the log before it. */
+     * c-raft records the snapshot and drops the log before it. The store
+     * must hold every entry c-raft counts as applied. */
+    apply_deferred(n);
     Ballastpb__Member **members = NULL;
     size_t n_members = 0;
     if (mvcc_members(n->cfg.store, &members, &n_members) != 0)
@@ -581,6 +645,7 @@ static int fsm_snapshot_finalize(struct raft_fsm *fsm, struct raft_buffer *bufs[
 static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 {
     raft_node *n = fsm->data;
+    apply_deferred(n);
     const uint8_t *p = buf->base;
     uint64_t head[3] = {0, 0, 0};
     if (buf->len >= 16)
@@ -741,6 +806,7 @@ static void barrier_cb(struct raft_barrier *req, int status)
     n->barrier_in_flight = 0;
     if (status == 0) {
         /* a read index served from here must cover the barrier */
+        apply_deferred(n);
         publish(&n->st_applied, raft_last_applied(&n->raft));
         if (n->barrier_term > n->ready_term)
             n->ready_term = n->barrier_term;
@@ -1131,8 +1197,21 @@ typedef struct append_wait {
 /* Hands c-raft the results of the writes raft_uv has finished, oldest
  * first, as raft_uv would have. One still being written holds back those
  * after it (raft_uv finishes them in order anyway). */
+/* Hands c-raft the finished writes, oldest first. A follower's write
+ * callback in c-raft applies the entries the leader has said are committed
+ * and only then acknowledges the write, so the leader's commit of the next
+ * entries waited for this member's apply of earlier ones. Here the entries
+ * a follower applies are noted instead (fsm_apply), the acknowledgements
+ * go out, and then the store applies them, before anything else runs on
+ * this thread: nothing sees c-raft's applied index run ahead of the store
+ * (a snapshot or a barrier applies them first), and the entries stay in
+ * c-raft's in-memory log meanwhile (only a snapshot, which applies them
+ * first, or an InstallSnapshot, which comes in another loop step, drops
+ * entries that are applied). */
 static void fire_appends(raft_node *n)
 {
+    int outer = !n->deferring;
+    n->deferring = 1;
     while (n->appends && n->appends->written) {
         append_wait *w = n->appends;
         n->appends = w->next;
@@ -1145,6 +1224,10 @@ static void fire_appends(raft_node *n)
         req->cb = cb;
         free(w);
         cb(req, status);
+    }
+    if (outer) {
+        n->deferring = 0;
+        apply_deferred(n);
     }
 }
 
@@ -1211,7 +1294,7 @@ static void publish_status(raft_node *n)
     publish(&n->st_term, n->raft.current_term);
     publish(&n->st_leader, leader);
     publish(&n->st_commit, n->raft.commit_index);
-    publish(&n->st_applied, raft_last_applied(&n->raft));
+    publish(&n->st_applied, applied_index(n));
     publish(&n->st_last, raft_last_index(&n->raft));
     __atomic_store_n(&n->st_is_leader, is_leader, __ATOMIC_RELEASE);
     const struct raft_server *me = config_find(&n->raft.configuration, n->cfg.id);
@@ -1687,6 +1770,7 @@ void raft_node_stop(raft_node *n)
     entry_arena_free(&n->arena);
     free(n->out.data);
     free(n->results);
+    free(n->deferred);
     free(n->read_queue.items);
     free(n->read_pending.items);
     free(n->read_barrier.items);
