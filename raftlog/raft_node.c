@@ -1196,18 +1196,18 @@ typedef struct append_wait {
 
 /* Hands c-raft the results of the writes raft_uv has finished, oldest
  * first, as raft_uv would have. One still being written holds back those
- * after it (raft_uv finishes them in order anyway). */
-/* Hands c-raft the finished writes, oldest first. A follower's write
- * callback in c-raft applies the entries the leader has said are committed
- * and only then acknowledges the write, so the leader's commit of the next
- * entries waited for this member's apply of earlier ones. Here the entries
- * a follower applies are noted instead (fsm_apply), the acknowledgements
- * go out, and then the store applies them, before anything else runs on
- * this thread: nothing sees c-raft's applied index run ahead of the store
- * (a snapshot or a barrier applies them first), and the entries stay in
- * c-raft's in-memory log meanwhile (only a snapshot, which applies them
- * first, or an InstallSnapshot, which comes in another loop step, drops
- * entries that are applied). */
+ * after it (raft_uv finishes them in order anyway).
+ *
+ * A follower's write callback in c-raft applies the entries the leader has
+ * said are committed and only then acknowledges the write, so the leader's
+ * commit of the next entries waited for this member's apply of earlier
+ * ones. Here the entries a follower applies are noted instead (fsm_apply),
+ * the acknowledgements go out, and then the store applies them, before
+ * anything else runs on this thread: nothing sees c-raft's applied index
+ * run ahead of the store (a snapshot or a barrier applies them first), and
+ * the entries stay in c-raft's in-memory log meanwhile (only a snapshot,
+ * which applies them first, or an InstallSnapshot, which comes in another
+ * loop step, drops entries that are applied). */
 static void fire_appends(raft_node *n)
 {
     int outer = !n->deferring;
