@@ -1210,7 +1210,6 @@ typedef struct append_wait {
  * loop step, drops entries that are applied). */
 static void fire_appends(raft_node *n)
 {
-    int outer = !n->deferring;
     n->deferring = 1;
     while (n->appends && n->appends->written) {
         append_wait *w = n->appends;
@@ -1225,10 +1224,8 @@ static void fire_appends(raft_node *n)
         free(w);
         cb(req, status);
     }
-    if (outer) {
-        n->deferring = 0;
-        apply_deferred(n);
-    }
+    n->deferring = 0;
+    apply_deferred(n);
 }
 
 static void on_appended(struct raft_io_append *req, int status)
@@ -1299,10 +1296,10 @@ static void publish_status(raft_node *n)
     __atomic_store_n(&n->st_is_leader, is_leader, __ATOMIC_RELEASE);
     const struct raft_server *me = config_find(&n->raft.configuration, n->cfg.id);
     __atomic_store_n(&n->st_is_learner, me && me->role != RAFT_VOTER, __ATOMIC_RELEASE);
-    uint64_t silent = 0;
+    uint64_t silent = 0; /* since the leader's last message (on_message) */
     if (n->raft.state == RAFT_FOLLOWER && leader != 0) {
-        raft_time t = n->raft.io->time(n->raft.io);
-        silent = t > n->raft.election_timer_start ? t - n->raft.election_timer_start : 0;
+        uint64_t heard = heard_at(n, leader), now = now_ms();
+        silent = heard != 0 && now > heard ? now - heard : 0;
     }
     publish(&n->st_leader_silent, silent);
     if (is_leader && n->raft.leader_state.progress) {

@@ -143,9 +143,9 @@ typedef struct raft_node_status {
     uint64_t last_index;
     int is_leader;
     int is_learner;         /* a standby or spare of the raft configuration */
-    /* A follower with a known leader: milliseconds since it last heard
-     * from that leader (a leader that has taken this member out of its
-     * configuration stops sending to it); 0 otherwise. */
+    /* A follower with a known leader: milliseconds since a message from
+     * that leader last arrived (a leader that has taken this member out of
+     * its configuration stops sending to it); 0 otherwise. */
     uint64_t leader_silent_ms;
 } raft_node_status;
 
