@@ -23,6 +23,12 @@ It is built offline from Debian packages (golang-go, golang-etcd-server-dev)
 into $BALLAST_BUILD_DIR/k8s-clientv3/ and run against a fresh etcd 3.4.23 and a
 fresh candidate.  The test fails if any step fails on either; the program's
 output (one PASS/FAIL line per step) is printed.
+
+The bound on the 2 s lease's expiry (8 s) binds the candidate only.  The
+reference runs with -reference: a later expiry there is reported and logged,
+not counted.  etcd 3.4's lessor looks at a lease it has handed out for revoke
+again only 3 s later, and on a loaded 2-core CI host etcd has been seen to
+leave that key in place for more than 8 s (Ballast: 2.0 s in the same run).
 """
 
 import os
@@ -86,12 +92,14 @@ def build():
     return binary
 
 
-def run_against(binary, kind):
-    """Runs the program against a fresh server of `kind`; returns (ok, output)."""
+def run_against(binary, kind, reference):
+    """Runs the program against a fresh server of `kind` (`reference`: the
+    reference etcd, see the module's docstring); returns ok."""
     with harness.Server(kind=kind) as srv:
         log("running k8s-clientv3 against %s" % srv)
+        args = [binary, "-endpoints", srv.endpoint] + (["-reference"] if reference else [])
         try:
-            proc = subprocess.run([binary, "-endpoints", srv.endpoint], capture_output=True,
+            proc = subprocess.run(args, capture_output=True,
                                   text=True, timeout=RUN_TIMEOUT, stdin=subprocess.DEVNULL)
             output = proc.stdout.rstrip()
             if proc.stderr.strip():
@@ -105,6 +113,9 @@ def run_against(binary, kind):
         # indented, so that no line of it reads as this test's own verdict
         print("\n".join("  [%s] %s" % (kind, line) for line in output.rstrip().splitlines()),
               flush=True)
+        if reference and "(LATE:" in output:
+            log("%s (reference etcd): the 2 s lease expired late (see its PASS line); not counted"
+                % kind)
     return ok
 
 
@@ -113,7 +124,8 @@ def main():
     kinds = ["etcd"]
     if harness.candidate_kind() != "etcd":
         kinds.append(harness.candidate_kind())
-    failed = [kind for kind in kinds if not run_against(binary, kind)]
+    failed = [kind for kind in kinds
+              if not run_against(binary, kind, reference=(kind == "etcd" and len(kinds) > 1))]
     check(not failed, "the Kubernetes-style clientv3 program failed against %s "
                       "(its FAIL lines are above)" % " and ".join(failed))
 

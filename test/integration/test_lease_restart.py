@@ -31,6 +31,13 @@ side (each on its own data dir):
 Comparing the remaining TTLs with etcd's (min/max ±1 s) and the lease and key
 counts with etcd's makes etcd the expectation; the absolute bounds are there
 so that a candidate cannot pass by matching a broken reference.
+
+The upper bound of the 5 s leases' expiry binds the candidate only.  On the
+reference a late expiry is logged, not counted: etcd 3.4's lessor looks at a
+lease it has handed out for revoke again only 3 s later, and on a loaded
+2-core CI host etcd has been seen to expire a 2 s lease 6-7 s late.  The wait
+(TTL + election timeout + 10 s) is long enough for such a late expiry still to
+be seen.
 """
 
 import time
@@ -48,6 +55,8 @@ CRASH_COUNT = 50
 DECAY_BEFORE_STOP = 8.0       # s after the grants before the graceful stop
 DECAY_BEFORE_KILL = 5.0
 ELECTION_TIMEOUT = 1.0        # etcd's default --election-timeout (the promotion extension)
+SHORT_EXPIRY_SLACK = 1.5      # s over TTL + election timeout the short leases may take
+SHORT_EXPIRY_WAIT = 10.0      # s over TTL + election timeout the test waits for them
 IN_FLIGHT = 100
 # remaining TTLs + seconds since the restart, etcd vs candidate: both servers
 # truncate the remaining TTL to whole seconds (up to 1 s each way), plus the
@@ -58,8 +67,9 @@ TTL_TOLERANCE = 1.5
 class Side:
     """One server and what the test granted on it."""
 
-    def __init__(self, server):
+    def __init__(self, server, reference=False):
         self.server = server
+        self.reference = reference  # the reference etcd (see the module's docstring)
         self.long = {}             # key -> lease ID
         self.short = {}
         self.revoked = {}          # key -> lease ID revoked (its key must be gone)
@@ -211,8 +221,9 @@ def compare_summaries(failures, how, summaries):
 
 def wait_short_expiry(sides):
     """Polls (every 50 ms) until every s/ key is gone on every side, at most
-    until TTL + election + 4 s after its restart; records first/last."""
-    deadline = max(s.restarted_at for s in sides) + SHORT_TTL + ELECTION_TIMEOUT + 4.0
+    until TTL + election + SHORT_EXPIRY_WAIT after its restart; records
+    first/last."""
+    deadline = max(s.restarted_at for s in sides) + SHORT_TTL + ELECTION_TIMEOUT + SHORT_EXPIRY_WAIT
     pending = {id(s): set(s.short) for s in sides}
     first = {}
     while time.monotonic() < deadline and any(pending.values()):
@@ -257,7 +268,7 @@ def main():
     cand = harness.Server()
     ref.start()
     cand.start()
-    sides = [Side(ref), Side(cand)]
+    sides = [Side(ref, reference=True), Side(cand)]
     try:
         # 1. grants
         started = time.monotonic()
@@ -289,13 +300,18 @@ def main():
             gone = side.short_gone
             harness.log("%s: the 5 s leases' keys were gone %s after the restart"
                         % (side.server.kind, "%.2f..%.2fs" % gone if gone else "never"))
-            limit = SHORT_TTL + ELECTION_TIMEOUT + 1.5
-            failures.check(gone is not None and gone[1] <= limit and gone[0] >= SHORT_TTL - 0.5,
-                           "%s: the 5 s leases' keys after the restart: gone %s (expected "
-                           "between %.1f and %.1f s)" % (side.server.kind,
-                                                        "%.2f..%.2fs" % gone if gone else
-                                                        "not within %.1fs" % (limit + 2.5),
-                                                        SHORT_TTL - 0.5, limit))
+            limit = SHORT_TTL + ELECTION_TIMEOUT + SHORT_EXPIRY_SLACK
+            what = ("%s: the 5 s leases' keys after the restart: gone %s (expected between "
+                    "%.1f and %.1f s)" % (side.server.kind, "%.2f..%.2fs" % gone if gone else
+                                          "not within %.1fs" % (SHORT_TTL + ELECTION_TIMEOUT
+                                                                + SHORT_EXPIRY_WAIT),
+                                          SHORT_TTL - 0.5, limit))
+            if gone is not None and gone[0] < SHORT_TTL - 0.5:
+                failures.check(False, what)
+            elif (gone is None or gone[1] > limit) and side.reference:
+                harness.log("reference etcd: %s; not counted" % what)
+            else:
+                failures.check(gone is not None and gone[1] <= limit, what)
         revoke_one(failures, sides, "a graceful restart", 17)
         # 4. kill -9
         started = time.monotonic()
