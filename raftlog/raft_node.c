@@ -2,6 +2,7 @@
 #include "peer_transport.h"
 #include "segment_check.h"
 #include "aio_reaper.h"
+#include "raft_crc.h"
 #include "segment_prefill.h"
 
 #include <errno.h>
@@ -1635,6 +1636,8 @@ int raft_node_start(const raft_node_config *cfg, raft_node **out, char **errmsg)
         free(cut);
         return -1;
     }
+    if (raft_crc_selftest() != 0)
+        return fail_start(errmsg, "the raft log checksum (raftlog/raft_crc.c) gives a wrong value");
     if (segment_prefill_register(n->dir) == 0) /* else c-raft's slower path */
         n->prefill_registered = 1;
     aio_reaper_enable(); /* raft_uv's io_destroy off this loop's thread */
