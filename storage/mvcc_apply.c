@@ -191,7 +191,9 @@ static rocksdb_writebatch_t *entry_batch(mvcc *m)
     size_t n;
     const char *rep = rocksdb_writebatch_wi_data(m->wb, &n);
     rocksdb_writebatch_t *b = rocksdb_writebatch_create_from(rep, n);
-    const uint8_t *p = m->rev_recs.data, *end = p + m->rev_recs.len;
+    const uint8_t *p = m->rev_recs.data, *end = p;
+    if (m->rev_recs.len) /* (no arithmetic on the NULL of an empty buffer) */
+        end = p + m->rev_recs.len;
     while (p < end) {
         uint32_t len;
         memcpy(&len, p + REVKEY_LEN, sizeof len);
