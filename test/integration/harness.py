@@ -85,6 +85,19 @@ def log(message):
     print("[%s] %s" % (time.strftime("%H:%M:%S"), message), flush=True)
 
 
+def late_expiry(reference, text, fail):
+    """An upper time bound of a lease's expiry was missed.  On the candidate
+    that is a failure: fail(text).  On the reference etcd it is logged, not
+    counted: etcd 3.4's lessor looks for due leases every 500 ms and, once it
+    has handed a lease out for revoke, looks at it again only 3 s later; on a
+    loaded 2-core CI host etcd has left a 2 s lease's key in place 8-9 s after
+    its grant.  Lower bounds bind both servers."""
+    if reference:
+        log("reference etcd: %s; not counted (see harness.late_expiry)" % text)
+    else:
+        fail(text)
+
+
 class Failures:
     """Collects several independent mismatches and fails once at the end."""
 

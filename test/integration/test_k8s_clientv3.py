@@ -25,10 +25,8 @@ fresh candidate.  The test fails if any step fails on either; the program's
 output (one PASS/FAIL line per step) is printed.
 
 The bound on the 2 s lease's expiry (8 s) binds the candidate only.  The
-reference runs with -reference: a later expiry there is reported and logged,
-not counted.  etcd 3.4's lessor looks at a lease it has handed out for revoke
-again only 3 s later, and on a loaded 2-core CI host etcd has been seen to
-leave that key in place for more than 8 s (Ballast: 2.0 s in the same run).
+reference runs with -reference: a later expiry there is reported in its PASS
+line and logged, not counted (harness.late_expiry).
 """
 
 import os
@@ -114,8 +112,8 @@ def run_against(binary, kind, reference):
         print("\n".join("  [%s] %s" % (kind, line) for line in output.rstrip().splitlines()),
               flush=True)
         if reference and "(LATE:" in output:
-            log("%s (reference etcd): the 2 s lease expired late (see its PASS line); not counted"
-                % kind)
+            # the program has passed the step; only the log line is left to give
+            harness.late_expiry(True, "the 2 s lease expired late (see its PASS line)", None)
     return ok
 
 
